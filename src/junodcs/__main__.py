@@ -1,0 +1,3 @@
+from junodcs.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The file catalog (DFC-like): namespace, replicas, typed metadata, provenance, datasets."""

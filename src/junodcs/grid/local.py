@@ -1,0 +1,423 @@
+"""A whole grid on loopback: the central server and, per site, its storage and computing elements.
+
+`dcs grid up` is the supervisor: it prepares the installation (CA, host certificate, VOMS identity,
+database), starts every process of the grid on free 127.0.0.1 ports, waits until each is healthy,
+writes the client configuration so that `dcs` commands target this grid, and records what runs in
+`<DCS_HOME>/grid/state.json`. It stops everything on Ctrl-C, SIGTERM or `dcs grid down`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from junodcs.core.client import ClientConfig
+from junodcs.core.errors import DCSError
+from junodcs.core.gridconfig import GridConfig, SEKind, load_grid_config
+from junodcs.core.paths import data_dir, write_private_file
+from junodcs.grid.processes import ManagedProcess, ProcessSpec, free_port, pid_alive, stop_pid
+
+HOST = "127.0.0.1"
+
+
+def grid_dir() -> Path:
+    return data_dir() / "grid"
+
+
+def state_path() -> Path:
+    return grid_dir() / "state.json"
+
+
+def read_state() -> dict[str, Any] | None:
+    try:
+        return json.loads(state_path().read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DCSError(f"{state_path()}: unreadable grid state ({exc})", code="grid-state-invalid") from None
+
+
+def running_state() -> dict[str, Any] | None:
+    """The state of a grid whose supervisor is still alive, else None (a stale file is ignored)."""
+    state = read_state()
+    if state and pid_alive(state.get("supervisor_pid")):
+        return state
+    return None
+
+
+@dataclass
+class Prepared:
+    """Files every process of the grid shares, made once by `prepare`."""
+
+    database_url: str
+    ca_file: Path
+    ca_dir: Path
+    vomsdir: Path
+    host_cert: Path
+    host_key: Path
+
+
+Step = Callable[[str], None]
+
+
+class LocalGrid:
+    def __init__(self, config_path: Path, *, report: Step | None = None) -> None:
+        self.config_path = Path(config_path).resolve()
+        self.grid: GridConfig = load_grid_config(self.config_path)
+        self.report: Step = report or (lambda _message: None)
+        self.processes: list[ManagedProcess] = []
+        self.prepared: Prepared | None = None
+        self.effective_path: Path = self.config_path
+        self._stopping = threading.Event()
+
+    # -- preparation -------------------------------------------------------------------------------
+
+    def prepare(self) -> Prepared:
+        from junodcs.db.engine import create_engine
+        from junodcs.db.migrate import upgrade
+        from junodcs.grid.bootstrap import prepare_security
+
+        grid_dir().mkdir(parents=True, exist_ok=True)
+        security = prepare_security(self.grid, host=HOST)
+        database_url = os.environ.get("DCS_DATABASE_URL") or f"sqlite:///{data_dir() / 'junodcs.db'}"
+        engine = create_engine(database_url)
+        upgrade(engine)
+        engine.dispose()
+        self.prepared = Prepared(database_url=database_url, **security)
+        return self.prepared
+
+    # -- plan --------------------------------------------------------------------------------------
+
+    def effective_config(self, central_url: str, se_urls: dict[str, str], *, frontier_url: str | None = None,
+                         squid_urls: dict[str, list[str]] | None = None) -> Path:
+        """grid.yaml as this grid runs it: the user's file with the loopback URLs filled in.
+
+        Every process reads this one file, so the central server, the SEs and the clients agree on where
+        each service is without extra flags."""
+        import yaml
+
+        data = yaml.safe_load(self.config_path.read_text())
+        data.setdefault("servers", {})
+        data["servers"]["central"] = central_url
+        if frontier_url and not data["servers"].get("frontier"):
+            data["servers"]["frontier"] = frontier_url
+        for site in data["sites"]:
+            if squid_urls and site["name"] in squid_urls:
+                started = iter(squid_urls[site["name"]])
+                site["squids"] = [s if s.get("url") else {"url": next(started)} for s in site.get("squids") or []]
+            for se in site.get("storage_elements", []) or []:
+                if not se.get("url") and se["name"] in se_urls:
+                    se["url"] = se_urls[se["name"]]
+        if not data["servers"].get("sandbox_se"):  # job sandboxes go to the first disk SE this grid starts
+            disks = [se["name"] for site in data["sites"] for se in site.get("storage_elements", []) or []
+                     if se.get("kind", "disk") == "disk" and se["name"] in se_urls]
+            if disks:
+                data["servers"]["sandbox_se"] = disks[0]
+        path = grid_dir() / "grid.yaml"
+        path.write_text(
+            f"# Generated by `dcs grid up` from {self.config_path}: loopback URLs filled in.\n"
+            + yaml.safe_dump(data, sort_keys=False)
+        )
+        load_grid_config(path)  # what we generate must be valid
+        return path
+
+    def plan(self) -> list[ProcessSpec]:
+        assert self.prepared is not None
+        prepared = self.prepared
+        logs = grid_dir() / "logs"
+        central_port = free_port(HOST)
+        central_url = f"https://{HOST}:{central_port}"
+        local_ses = [(site, se) for site in self.grid.sites for se in site.storage_elements if se.url is None]
+        se_ports = {se.name: free_port(HOST) for _, se in local_ses}
+        se_urls = {name: f"https://{HOST}:{port}" for name, port in se_ports.items()}
+        frontier_port = free_port(HOST)
+        frontier_url = f"http://{HOST}:{frontier_port}/Frontier"
+        squids = self._squid_specs(frontier_url)
+        squid_urls: dict[str, list[str]] = {}
+        for site_name, spec in squids:
+            squid_urls.setdefault(site_name, []).append(spec.url)
+        config = self.effective_config(central_url, se_urls, frontier_url=frontier_url, squid_urls=squid_urls)
+        self.effective_path = config
+        tls_args = [
+            "--tls", "--cert", str(prepared.host_cert), "--key", str(prepared.host_key),
+            "--ca-dir", str(prepared.ca_dir),
+        ]
+        specs = [
+            ProcessSpec(
+                name="central",
+                kind="server",
+                argv=[
+                    sys.executable, "-m", "junodcs", "server", "--grid", str(config),
+                    "--host", HOST, "--port", str(central_port), "--public-url", central_url,
+                    *tls_args, "--vomsdir", str(prepared.vomsdir), "--log-level", "warning",
+                ],
+                # X509_CERT_DIR: the grid's trust dir for the server's own outgoing HTTPS (transfer
+                # worker and request agent talking to the SEs), as grid services are configured
+                env={"DCS_DATABASE_URL": prepared.database_url, "X509_CERT_DIR": str(prepared.ca_dir)},
+                log=logs / "central.log",
+                url=central_url,
+                health_url=f"{central_url}/healthz",
+            )
+        ]
+        specs.append(
+            ProcessSpec(
+                name="frontier",
+                kind="frontier",
+                argv=[
+                    sys.executable, "-m", "junodcs", "cond", "serve-frontier", "--host", HOST,
+                    "--port", str(frontier_port), "--grid", str(config), "--log-level", "warning",
+                ],
+                env={"DCS_DATABASE_URL": prepared.database_url},
+                log=logs / "frontier.log",
+                url=frontier_url,
+                health_url=f"http://{HOST}:{frontier_port}/healthz",
+            )
+        )
+        for site_name, squid in squids:
+            specs.append(
+                ProcessSpec(name=f"squid-{site_name}", kind="squid",
+                            # Squid drops to user proxy, which clears the death signal: keep it tied to us
+                            argv=[sys.executable, "-m", "junodcs.grid.keeper", *squid.argv],
+                            log=logs / f"squid-{site_name}.log",
+                            url=squid.url, site=site_name)
+            )
+        for site, se in local_ses:
+            port, url = se_ports[se.name], se_urls[se.name]
+            root = grid_dir() / "se" / se.name
+            root.mkdir(parents=True, exist_ok=True)
+            argv = [
+                sys.executable, "-m", "junodcs", "se", "serve", "--name", se.name, "--root", str(root),
+                "--host", HOST, "--port", str(port), "--public-url", url, "--vo-path", se.path,
+                "--trust-issuer", central_url, "--ca-file", str(prepared.ca_file),
+                "--grid", str(config), "--vomsdir", str(prepared.vomsdir), *tls_args, "--log-level", "warning",
+            ]
+            if se.kind is SEKind.TAPE:
+                argv.append("--tape")
+            specs.append(
+                ProcessSpec(
+                    name=se.name,
+                    kind=f"se-{se.kind.value}",
+                    argv=argv,
+                    log=logs / f"{se.name}.log",
+                    url=url,
+                    health_url=f"{url}/healthz",
+                    site=site.name,
+                )
+            )
+        specs.extend(self.ce_specs(central_url, config))
+        return specs
+
+    def _squid_specs(self, origin: str) -> list[tuple[str, Any]]:
+        """A real Squid for every site squid without a URL, caching the Frontier endpoint; none (with a
+        warning, clients then go straight to the server) when Squid is not installed."""
+        wanted = [(site.name, i) for site in self.grid.sites for i, sq in enumerate(site.squids) if sq.url is None]
+        if not wanted:
+            return []
+        from junodcs.conditions.squid import initialize, runtime_dir, squid_binary, squid_spec
+
+        if squid_binary() is None:
+            self.report("warning: squid is not installed; condition clients will read the Frontier server "
+                        "directly (apt-get install squid)")
+            return []
+        specs = []
+        for site_name, index in wanted:
+            name = site_name if index == 0 else f"{site_name}-{index}"
+            spec = squid_spec(name, runtime_dir(data_dir(), name), free_port(HOST), origin=origin)
+            initialize(spec)
+            specs.append((site_name, spec))
+        return specs
+
+    # -- computing elements ------------------------------------------------------------------------
+
+    def pilot_client(self) -> tuple[str, Path] | None:
+        """The pilot robot client (user `pilot`, a group with the Pilot property) the site directors and their
+        pilots authenticate with: created in-process at the first start, its secret kept mode 600 under
+        DCS_HOME, reused while the database knows it. None when the registry has no such user."""
+        from junodcs.auth.logic import TokenService
+        from junodcs.auth.registry import Registry
+        from junodcs.core.gridconfig import Property
+        from junodcs.db.engine import create_engine
+
+        assert self.prepared is not None
+        user = self.grid.registry.users.get("pilot")
+        groups = [g for g in (user.groups if user else ()) if Property.PILOT in self.grid.registry.groups[g].properties]
+        if not groups:
+            return None
+        record = grid_dir() / "pilot-client.json"
+        secret_file = grid_dir() / "pilot-client.secret"
+        engine = create_engine(self.prepared.database_url)
+        try:
+            import types
+
+            clock = types.SimpleNamespace(clock=time.time)  # client rows need only the issuer's clock
+            service = TokenService(engine, clock, None, Registry(self.grid))  # type: ignore[arg-type]
+            if record.exists() and secret_file.exists():
+                client_id = json.loads(record.read_text()).get("client_id")
+                if any(c.client_id == client_id for c in service.list_clients("pilot")):
+                    return client_id, secret_file
+            row, secret = service.create_client(owner="pilot", group=groups[0], scopes=None,
+                                                description="pilots and site directors of the local grid")
+        finally:
+            engine.dispose()
+        write_private_file(secret_file, secret + "\n")
+        write_private_file(record, json.dumps({"client_id": row.client_id, "owner": "pilot", "group": groups[0]}) + "\n")
+        return row.client_id, secret_file
+
+    def ce_specs(self, central_url: str, config: Path) -> list[ProcessSpec]:
+        """Per site with computing elements: its site director, which runs the site's local CE (a process pool
+        with the CE's slots and memory per slot) and submits pilots there while waiting jobs fit them."""
+        assert self.prepared is not None
+        sites = [site for site in self.grid.sites if site.computing_elements]
+        if not sites:
+            return []
+        client = self.pilot_client()
+        if client is None:
+            self.report("no user `pilot` in a group with the Pilot property: no site directors started")
+            return []
+        client_id, secret_file = client
+        specs = []
+        for site in sites:
+            ces = [arg for ce in site.computing_elements for arg in ("--ce", ce.name)]
+            specs.append(ProcessSpec(
+                name=f"director-{site.name.split('.')[1] if site.name.count('.') >= 2 else site.name}",
+                kind="director",
+                argv=[sys.executable, "-m", "junodcs", "director", *ces, "--server", central_url,
+                      "--grid", str(config), "--client-id", client_id, "--client-secret-file", str(secret_file),
+                      "--ca-file", str(self.prepared.ca_file), "--workdir", str(grid_dir() / "ce"),
+                      "--log-level", "info"],
+                log=grid_dir() / "logs" / f"director-{site.name}.log",
+                site=site.name,
+            ))
+        return specs
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def up(self) -> list[dict[str, Any]]:
+        existing = running_state()
+        if existing is not None:
+            raise DCSError(
+                f"a grid is already running here (supervisor pid {existing['supervisor_pid']}); "
+                "`dcs grid down` first, or use another DCS_HOME",
+                code="grid-running",
+            )
+        prepared = self.prepare()
+        self.report(f"prepared {data_dir()} (CA, host certificate, VOMS identity, database)")
+        import ssl
+
+        verify = ssl.create_default_context(cafile=str(prepared.ca_file))
+        try:
+            for spec in self.plan():
+                process = ManagedProcess(spec)
+                process.start()
+                self.processes.append(process)
+            for process in self.processes:  # all start in parallel; report each once healthy
+                process.wait_ready(verify)
+                self.report(f"{process.spec.name:<13} {process.spec.url or '-'}")
+        except BaseException:
+            self.down()
+            raise
+        self._write_client_config()
+        records = [p.record().to_json() for p in self.processes]
+        self._write_state()  # last: the state file is what tells others (and tests) that the grid is up
+        return records
+
+    def central_url(self) -> str:
+        return next(p.spec.url for p in self.processes if p.spec.name == "central")  # type: ignore[return-value]
+
+    def _write_state(self) -> None:
+        state = {
+            "grid_config": str(self.config_path),
+            "vo": self.grid.vo,
+            "supervisor_pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "central_url": self.central_url(),
+            "ca_file": str(self.prepared.ca_file) if self.prepared else None,
+            "processes": [p.record().to_json() for p in self.processes],
+        }
+        write_private_file(state_path(), json.dumps(state, indent=2) + "\n")
+
+    def _write_client_config(self) -> None:
+        assert self.prepared is not None
+        config = ClientConfig.load()
+        config.server_url = self.central_url()
+        config.ca_file = str(self.prepared.ca_file)
+        config.ca_dir = str(self.prepared.ca_dir)
+        config.vomsdir = str(self.prepared.vomsdir)
+        config.grid_config = str(self.effective_path)
+        config.save()
+
+    def wait(self) -> None:
+        """Block until a signal or a `dcs grid down` asks us to stop, or a child dies unexpectedly."""
+        def on_signal(_signum: int, _frame: object) -> None:
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not self._stopping.wait(0.5):
+            for process in self.processes:
+                if process.popen is not None and process.popen.poll() is not None:
+                    self.report(
+                        f"{process.spec.name} exited with code {process.popen.returncode}; "
+                        f"stopping the grid (log {process.spec.log})"
+                    )
+                    self._stopping.set()
+                    break
+
+    def down(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        state = read_state()
+        if state and state.get("supervisor_pid") == os.getpid():
+            state_path().unlink(missing_ok=True)
+
+
+def stop_running_grid(timeout: float = 30.0) -> dict[str, Any] | None:
+    """`dcs grid down`: ask the supervisor to stop; if it is gone, stop what it left behind."""
+    state = read_state()
+    if state is None:
+        return None
+    supervisor = state.get("supervisor_pid")
+    if pid_alive(supervisor):
+        stop_pid(supervisor, timeout)
+    for record in state.get("processes", []):
+        stop_pid(record["pid"])
+    state_path().unlink(missing_ok=True)
+    return state
+
+
+def grid_status() -> list[dict[str, Any]]:
+    """Every process of the recorded grid with its URL and state (running, unhealthy, stopped)."""
+    import ssl
+
+    import httpx
+
+    state = read_state()
+    if state is None:
+        return []
+    verify: Any = True
+    if state.get("ca_file") and Path(state["ca_file"]).exists():
+        verify = ssl.create_default_context(cafile=state["ca_file"])
+    supervisor_alive = pid_alive(state.get("supervisor_pid"))
+    rows = []
+    with httpx.Client(verify=verify, timeout=2.0) as client:
+        for record in state.get("processes", []):
+            alive = pid_alive(record["pid"])
+            status = "stopped"
+            if alive:
+                status = "running"
+                if record.get("health_url"):
+                    try:
+                        ok = client.get(record["health_url"]).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    status = "running" if ok else "unhealthy"
+            rows.append({**record, "state": status, "supervisor": "alive" if supervisor_alive else "gone"})
+    return rows

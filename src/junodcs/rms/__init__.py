@@ -1,0 +1,1 @@
+"""Request management system (DIRAC's RMS): requests of ordered data operations, executed by agents."""
