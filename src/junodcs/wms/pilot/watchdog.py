@@ -49,7 +49,7 @@ def _members(ident: int, field_index: int) -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = _stat(int(name))
-            if fields and len(fields) > 3 and int(fields[field_index]) == ident and fields[0] != "Z":
+            if fields and len(fields) > 3 and int(fields[field_index]) == ident and fields[0] not in ("Z", "X"):
                 found.append(int(name))
     return found
 
@@ -87,7 +87,7 @@ def tree_usage(ident: int, field_index: int) -> tuple[float, float, int]:
         # after ")": state(0) ppid(1) pgrp(2) session(3) ... utime(11) stime(12) cutime(13) cstime(14) ... rss(21)
         if fields is None or len(fields) < 22 or int(fields[field_index]) != ident:
             continue
-        if fields[0] == "Z":
+        if fields[0] in ("Z", "X"):  # zombies and dying processes hold nothing
             continue
         count += 1
         cpu_ticks += int(fields[11]) + int(fields[12])
@@ -156,13 +156,26 @@ class Watchdog:
         signal_session(self.process.pid, signum)
 
     def stop(self) -> int | None:
-        """SIGTERM to the tree, SIGKILL after `grace` seconds; returns the exit code."""
+        """SIGTERM to the tree, SIGKILL after `grace` seconds; returns the payload's exit code.
+
+        Returns only once no process of the tree is left, so that a rescheduled job never overlaps with the
+        remains of its previous attempt (children may outlive the leader by a few milliseconds after a signal).
+        """
         self.signal_tree(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
         try:
-            return self.process.wait(self.grace)
+            code = self.process.wait(self.grace)
         except subprocess.TimeoutExpired:
             self.signal_tree(signal.SIGKILL)
-            return self.process.wait(10)
-        finally:
-            if group_usage(self.process.pid)[2]:  # stragglers that ignored TERM
-                self.signal_tree(signal.SIGKILL)
+            code = self.process.wait(10)
+        if not self._tree_gone_by(deadline):  # stragglers that ignored SIGTERM
+            self.signal_tree(signal.SIGKILL)
+            self._tree_gone_by(time.monotonic() + 10)
+        return code
+
+    def _tree_gone_by(self, deadline: float) -> bool:
+        while group_usage(self.process.pid)[2]:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
