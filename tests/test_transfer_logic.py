@@ -3,6 +3,8 @@ scheduling limits and leases on a real (SQLite) database."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,66 @@ def test_batched_start_and_finish_on_every_database(engine: object) -> None:
     svc.report([Outcome(claimed[3].file_id, claimed[3].attempt, F.FINISHED, filesize=1, duration=1.0)], "w")
     svc.cancel(job_id, [claimed[4].file_id])
     assert svc.job(job_id)["job_state"] == "FINISHEDDIRTY"
+
+
+class _MarkArrivesLate(queue.Queue):  # type: ignore[type-arg]
+    """The started-queue of a worker whose copy queues its mark and its result while the reporter drains."""
+
+    def __init__(self, on_empty: object) -> None:
+        super().__init__()
+        self.on_empty = on_empty
+
+    def get_nowait(self):  # type: ignore[no-untyped-def]
+        if self.empty() and self.on_empty is not None:
+            hook, self.on_empty = self.on_empty, None
+            hook()  # type: ignore[operator]
+            raise queue.Empty  # this drain has ended: the mark is for the next one
+        return super().get_nowait()
+
+
+def test_reporter_never_lets_a_result_overtake_its_start_mark(service: TransferService) -> None:
+    from junodcs.transfer.agents import TransferWorker, WorkerOptions
+
+    job_id = service.submit(job(1), ME)
+    worker = TransferWorker(service, options=WorkerOptions(concurrency=1, optimizer=False, stager=False), name="w")
+    (c,) = service.claim("w", 1)
+    worker.inflight[c.file_id] = (c, threading.Event())
+
+    def copy_starts_and_ends() -> None:  # a copy of a few milliseconds, between the reporter's two drains
+        worker._started.put((c.file_id, c.attempt, "pull"))
+        worker._results.put(Outcome(c.file_id, c.attempt, F.FINISHED, filesize=1, duration=0.001))
+
+    worker._started = _MarkArrivesLate(copy_starts_and_ends)
+    worker._flush()
+    worker._flush()
+    assert [f["file_state"] for f in service.files(job_id)] == ["FINISHED"]
+    assert worker.inflight == {} and worker.completed == 1
+    worker.pool.shutdown()
+
+
+def test_reporter_keeps_a_batch_the_database_refused(service: TransferService,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from junodcs.transfer.agents import TransferWorker, WorkerOptions
+
+    job_id = service.submit(job(2), ME)
+    worker = TransferWorker(service, options=WorkerOptions(concurrency=2, optimizer=False, stager=False), name="w")
+    claimed = service.claim("w", 2)
+    for c in claimed:
+        worker.inflight[c.file_id] = (c, threading.Event())
+        worker._started.put((c.file_id, c.attempt, "pull"))
+        worker._results.put(Outcome(c.file_id, c.attempt, F.FINISHED, filesize=1, duration=0.01))
+    real_report = service.report
+
+    def locked(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(service, "report", locked)
+    with pytest.raises(RuntimeError):
+        worker._flush()
+    assert set(worker.inflight) == {c.file_id for c in claimed}, "still in flight, so its lease is renewed"
+    service.renew_leases("w", list(worker.inflight))
+    monkeypatch.setattr(service, "report", real_report)
+    worker._flush()
+    assert [f["file_state"] for f in service.files(job_id)] == ["FINISHED", "FINISHED"]
+    assert worker.inflight == {} and worker.completed == 2
+    worker.pool.shutdown()

@@ -276,6 +276,20 @@ class Copier:
         return parser.transferred
 
 
+def _drain(q: queue.Queue[Any]) -> list[Any]:
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items
+
+
+def _requeue(q: queue.Queue[Any], items: list[Any]) -> None:
+    for item in items:
+        q.put(item)
+
+
 def _mismatch(text: str) -> Exception:
     from junodcs.storage.client import ChecksumMismatch
 
@@ -398,35 +412,40 @@ class TransferWorker:
             self._flush()
 
     def _flush(self) -> None:
-        started: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                started.append(self._started.get_nowait())
-            except queue.Empty:
-                break
+        """Apply the ACTIVE marks and the results gathered since the last flush.
+
+        Results are taken before marks: a copy queues its mark before its result, so every result taken here
+        has its mark in this batch or an earlier one. (The other order let a fast copy's result overtake its
+        mark; READY -> FINISHED is refused, so the file stayed held by nobody until its lease ran out.) A
+        batch the database refuses (locked, connection lost) goes back to its queue for the next flush, still
+        in flight and under lease, instead of being dropped.
+        """
+        outcomes = _drain(self._results)
+        started = _drain(self._started)
         if started:
-            ok = self.service.mark_active(started, self.name)
+            try:
+                ok = self.service.mark_active(started, self.name)
+            except Exception:
+                _requeue(self._started, started)
+                _requeue(self._results, outcomes)
+                raise
             for file_id, _, _ in started:
                 if file_id not in ok:  # canceled or taken away meanwhile: stop the copy
                     with self._lock:
                         entry = self.inflight.get(file_id)
                     if entry:
                         entry[1].set()
-        outcomes: list[Outcome] = []
-        while True:
-            try:
-                outcomes.append(self._results.get_nowait())
-            except queue.Empty:
-                break
         if outcomes:
             try:
                 self.service.report(outcomes, self.name)
-            finally:
-                with self._lock:
-                    for o in outcomes:
-                        self.inflight.pop(o.file_id, None)
-                self.completed += len(outcomes)
-                self._wake.set()
+            except Exception:
+                _requeue(self._results, outcomes)
+                raise
+            with self._lock:
+                for o in outcomes:
+                    self.inflight.pop(o.file_id, None)
+            self.completed += len(outcomes)
+            self._wake.set()
 
     # leases
     def _lease_loop(self) -> None:
