@@ -92,6 +92,10 @@ def test_get_stages_a_tape_only_file_then_releases_it(grid: Grid, session: DataM
 def test_disk_replica_preferred_and_replicate_stages_a_tape_source(grid: Grid, session: DataManager,
                                                                    tmp_path: Path) -> None:
     lfn, data = only_on_tape(session, grid, tmp_path, "t2.bin")
+    code, summary = dcs_json("dm", "replicate", lfn, "CNAF-STORM", "--stage-timeout", "0.1")
+    result = summary["results"][0]
+    assert code == 1 and [(a["se"], a["code"]) for a in result["attempts"]] == [("IHEP-TAPE", "stage-timeout")]
+    assert not grid.se_file("CNAF-STORM", lfn).exists(), "nothing copied from a file that was not staged"
     code, summary = dcs_json("dm", "replicate", lfn, "CNAF-STORM")
     result = summary["results"][0]
     assert code == 0 and result["source_se"] == "IHEP-TAPE" and result["staged_from"] == "IHEP-TAPE", result

@@ -32,6 +32,11 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+STAGE_TIMEOUT: Any = typer.Option(3600.0, "--stage-timeout", min=0.0,
+                                  help="Seconds to wait for a tape SE to stage a file that is only on tape "
+                                       "(used only when no disk replica is readable).")
+
+
 def _manager(site: str | None = None, **options: Any) -> Any:
     from junodcs.dm import DataManager
 
@@ -200,9 +205,7 @@ def get(
     site: str = SITE,
     source_se: str = typer.Option(None, "--se", help="Read from this SE only."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different local file."),
-    stage_timeout: float = typer.Option(3600.0, "--stage-timeout", min=0.0,
-                                        help="Seconds to wait for a tape SE to stage a file that is only on "
-                                             "tape (used only when no disk replica is readable)."),
+    stage_timeout: float = STAGE_TIMEOUT,
     from_file: str = FROM_FILE, from_query: str = FROM_QUERY, path: str = QUERY_PATH,
     parallel: int = PARALLEL, json: bool = JSON_OPTION,
 ) -> None:
@@ -245,7 +248,7 @@ def replicate(
                              help="pull, push or stream (default: pull, then push, then stream)."),
     source_se: str = typer.Option(None, "--source", help="Copy from this SE (default: the best replica)."),
     from_file: str = FROM_FILE, from_query: str = FROM_QUERY, path: str = QUERY_PATH,
-    parallel: int = PARALLEL, json: bool = JSON_OPTION,
+    stage_timeout: float = STAGE_TIMEOUT, parallel: int = PARALLEL, json: bool = JSON_OPTION,
     asynchronous: bool = typer.Option(False, "--async", help="Queue a ReplicateAndRegister request (RMS) and "
                                       "return its id; `dcs request show ID` follows it."),
 ) -> None:
@@ -258,7 +261,7 @@ def replicate(
     destination = args.pop()
     if mode is not None and mode not in ("pull", "push", "stream"):
         raise InvalidInput(f"--mode {mode!r}: use pull, push or stream", code="invalid-mode")
-    with _manager() as manager:
+    with _manager(stage_timeout=stage_timeout) as manager:
         manager.se(destination)  # unknown SE: one clear error, before any work
         lfns = _lfns(manager, args, from_file, from_query, path)
         if asynchronous:
