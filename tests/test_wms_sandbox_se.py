@@ -148,3 +148,39 @@ def test_a_sandbox_se_without_url_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(DCSError) as refused:
         store_for_grid(grid, lambda *a: "token", tmp_path / "local")
     assert refused.value.code == "no-sandbox-se-url" and SE in refused.value.detail
+
+
+def test_an_output_sandbox_whose_bytes_do_not_match_its_name_is_refused_removed_and_put_again(
+        tmp_path: Path) -> None:
+    from junodcs.core.errors import DCSError
+    from junodcs.storage.client import StorageClient
+    from junodcs.wms.pilot.sandbox_io import store_output_sandbox
+
+    with pilot_grid(tmp_path, ses=(SE,), sandbox_se=SE, background=False) as grid:
+        alice = grid.user_client("alice")
+        (job,) = alice.submit([{"Executable": "/bin/true"}])
+        attempt = alice.job(job)["attempt"]
+        pilot = grid.pilot_wms()
+        output = b"the real output sandbox archive"
+        import hashlib
+
+        digest = hashlib.sha256(output).hexdigest()
+        forged = tmp_path / "forged"
+        forged.write_bytes(b"X" * len(output))  # same size, other bytes
+        access = pilot.output_sandbox_access(job, attempt, digest, len(output))
+        with StorageClient(access["token"]) as storage:
+            storage.put(forged, access["url"], overwrite=False)
+        assert pilot.output_sandbox_access(job, attempt, digest, len(output))["exists"] is True
+
+        with pytest.raises(DCSError) as refused:
+            pilot.register_output_sandbox(job, attempt, digest, len(output))
+        assert refused.value.code == "sha256-mismatch" and "removed, upload it again" in refused.value.detail
+        assert _on_se(tmp_path, digest) == [], "a file that lies about its content is not kept"
+        assert alice.job(job).get("output_sandbox") is None
+
+        # the job wrapper's path: it finds "exists", registers, is refused, uploads once more, and succeeds
+        with StorageClient(access["token"]) as storage:
+            storage.put(forged, access["url"], overwrite=False)
+        assert store_output_sandbox(pilot, job, attempt, None, output)["hash"] == digest
+        assert _on_se(tmp_path, digest)[0].read_bytes() == output
+        assert alice.output_sandbox(job) == output

@@ -12,6 +12,7 @@ policy decides the coarse rights; the logic applies the per-job rule.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -1061,7 +1062,12 @@ class WMS:
 
     def register_output_sandbox(self, job_id: int, attempt: int, pilot_id: str | None, digest: str,
                                 size: int) -> dict[str, Any]:
-        """The pilot uploaded its output sandbox to the SE: check the file is there with that size, record it."""
+        """The pilot uploaded its output sandbox to the SE: check the file is there with that size and that its
+        bytes hash to the name, then record it.
+
+        The server reads the archive back (at most `MAX_SANDBOX_BYTES`, usually a few kB) rather than trust the
+        pilot: a content-addressed name holding other bytes would hand a user someone else's (or no) output,
+        and, with create-only tokens, block the right bytes from ever being stored. Such a file is removed."""
         from junodcs.wms.sandbox import is_digest
 
         if not is_digest(digest):
@@ -1073,8 +1079,25 @@ class WMS:
                            code="no-such-sandbox")
         if stored != size:
             raise Conflict(f"output sandbox {digest}: {stored} bytes stored, {size} announced", code="size-mismatch")
+        self._verify_stored(digest)
         self._record_sandbox(digest, stored, row.owner, row.grp, "output")
         return self._set_output_sandbox(row, digest, stored)
+
+    def _verify_stored(self, digest: str) -> None:
+        from junodcs.wms.sandbox import SandboxIntegrityError
+
+        store = self._store()
+        try:
+            data = store.get(digest)
+        except SandboxIntegrityError:
+            data = None
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            with self.engine.connect() as conn:
+                recorded = self._stored(conn, digest)
+            if not recorded:  # never accepted: nobody's output, safe to remove so the right bytes can be put
+                store.delete(digest)
+            raise Conflict(f"output sandbox {digest}: the bytes on the sandbox SE have another sha256"
+                           + ("" if recorded else "; removed, upload it again"), code="sha256-mismatch")
 
     def _set_output_sandbox(self, row: Any, digest: str, size: int) -> dict[str, Any]:
         previous = row.output_sandbox

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from junodcs.core.client import ClientConfig
-from junodcs.core.errors import Conflict
+from junodcs.core.errors import Conflict, DCSError
 from junodcs.storage.client import StorageClient
 from junodcs.wms.sandbox import SandboxIntegrityError
 
@@ -42,18 +42,31 @@ def fetch_input_sandbox(wms: Any, job_id: int, attempt: int, pilot_id: str | Non
 
 
 def store_output_sandbox(wms: Any, job_id: int, attempt: int, pilot_id: str | None, data: bytes) -> dict[str, Any]:
-    """Put the output sandbox on the sandbox SE (unless the same bytes are there already) and register it."""
+    """Put the output sandbox on the sandbox SE (unless the same bytes are there already) and register it.
+
+    The server checks the stored bytes against their name when registering; a file it found wrong (and
+    removed) is uploaded once more."""
     digest = hashlib.sha256(data).hexdigest()
-    access = wms.output_sandbox_access(job_id, attempt, digest, len(data), pilot_id=pilot_id)
-    if not access.get("url"):
-        return dict(wms.upload_output_sandbox(job_id, attempt, data, pilot_id=pilot_id))
-    if not access.get("exists"):
-        with tempfile.TemporaryDirectory(prefix="dcs-osb-") as tmp, _storage(wms, access["token"]) as storage:
-            path = Path(tmp) / f"{digest}.tar.gz"
-            path.write_bytes(data)
-            try:
-                storage.put(path, access["url"], overwrite=False)
-            except Conflict as exc:  # the same content was stored meanwhile: content-addressed, so it is ours
-                if exc.code != "exists":
-                    raise
-    return dict(wms.register_output_sandbox(job_id, attempt, digest, len(data), pilot_id=pilot_id))
+    for last in (False, True):
+        access = wms.output_sandbox_access(job_id, attempt, digest, len(data), pilot_id=pilot_id)
+        if not access.get("url"):
+            return dict(wms.upload_output_sandbox(job_id, attempt, data, pilot_id=pilot_id))
+        if not access.get("exists"):
+            _put(wms, access, digest, data)
+        try:
+            return dict(wms.register_output_sandbox(job_id, attempt, digest, len(data), pilot_id=pilot_id))
+        except DCSError as exc:  # Conflict in process, RemoteError through the server
+            if exc.code != "sha256-mismatch" or last:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _put(wms: Any, access: dict[str, Any], digest: str, data: bytes) -> None:
+    with tempfile.TemporaryDirectory(prefix="dcs-osb-") as tmp, _storage(wms, access["token"]) as storage:
+        path = Path(tmp) / f"{digest}.tar.gz"
+        path.write_bytes(data)
+        try:
+            storage.put(path, access["url"], overwrite=False)
+        except Conflict as exc:  # the same content was stored meanwhile: content-addressed, so it is ours
+            if exc.code != "exists":
+                raise
