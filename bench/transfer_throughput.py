@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import time
@@ -66,23 +67,24 @@ def main() -> None:
             if markers.outcome != "success":
                 raise RuntimeError(markers.message)
 
-        baseline = None
+        baseline = baseline_cpu_ms = None
         if not args.skip_baseline:
             print(f"# baseline: {n} COPY requests at concurrency {args.concurrency}", file=sys.stderr)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu()
             with ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(copy, range(n)))
             baseline = n / (time.perf_counter() - t0)
+            baseline_cpu_ms = (_cpu() - cpu0) * 1000 / n
             for base in b.root.rglob("base"):
                 shutil.rmtree(base, ignore_errors=True)
 
         service = env.service(lease=120.0)
         service.set_link(LinkConfig(source=a.url, destination=b.url, min_active=args.concurrency,
-                                    max_active=args.concurrency))
+                                    max_active=2 * args.concurrency))
         me = env.submitter()
         checksum = f"ADLER32:{adler32_hex(data)}"
         print(f"# service: {n} transfers, concurrency {args.concurrency}, verify {args.verify}", file=sys.stderr)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu()
         job_ids = []
         for start in range(0, n, 500):
             files = [{"sources": [f"{a.url}/juno/bench/src/{i}"], "destinations": [f"{b.url}/juno/bench/dst/{i}"],
@@ -97,6 +99,7 @@ def main() -> None:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        cpu_ms = (_cpu() - cpu0) * 1000 / n
         worker.stop()
         states: Counter[str] = Counter(service.job(j)["job_state"] for j in job_ids)
         files = [f for j in job_ids for f in service.files(j)]
@@ -108,7 +111,15 @@ def main() -> None:
                           "unit": "files/s", "baseline": "concurrent_COPY_loop",
                           "baseline_value": round(baseline, 1) if baseline else None,
                           "ratio": round(rate / baseline, 3) if baseline else None, "files": n, "finished": finished,
-                          "concurrency": args.concurrency, "jobs": dict(states)}))
+                          "concurrency": args.concurrency, "jobs": dict(states),
+                          # CPU of this process (the worker, or the COPY loop) per file: the SEs share the cores
+                          "cpu_ms_per_file": round(cpu_ms, 2),
+                          "baseline_cpu_ms_per_file": round(baseline_cpu_ms, 2) if baseline_cpu_ms else None}))
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _settled(service: object, job_ids: list[str]) -> bool:

@@ -297,3 +297,17 @@ def test_reporter_keeps_a_batch_the_database_refused(service: TransferService,
     assert [f["file_state"] for f in service.files(job_id)] == ["FINISHED", "FINISHED"]
     assert worker.inflight == {} and worker.completed == 2
     worker.pool.shutdown()
+
+
+def test_a_stopping_worker_puts_files_it_never_started_back_in_the_queue(service: TransferService) -> None:
+    from junodcs.transfer.agents import TransferWorker, WorkerOptions
+
+    job_id = service.submit(job(3), ME)
+    worker = TransferWorker(service, options=WorkerOptions(concurrency=1, optimizer=False, stager=False), name="w")
+    for c in service.claim("w", 3):  # claimed ahead of the copy threads (prefetch), none started
+        worker.inflight[c.file_id] = (c, threading.Event())
+    assert [f["file_state"] for f in service.files(job_id)] == ["READY"] * 3
+    worker.stop()
+    assert [f["file_state"] for f in service.files(job_id)] == ["SUBMITTED"] * 3, "not held until the lease ends"
+    assert len(service.claim("w2", 3)) == 3
+    assert service.retries(job_id, service.files(job_id)[0]["file_id"]) == [], "no retry counted"

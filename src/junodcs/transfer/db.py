@@ -83,9 +83,13 @@ files = sa.Table(
     sa.Column("dst_token", sa.Text, nullable=True),
     sa.Column("hashed_id", sa.Integer, nullable=False),
     sa.Index("ix_fts_files_job", "job_id", "file_index"),
-    sa.Index("ix_fts_files_queue", "file_state", "source_se", "dest_se"),
     sa.Index("ix_fts_files_finish", "finish_time"),
 )
+# The claim's index (see `TransferService.claim`): the queue's shape is an index-only scan and the next files
+# of one (link, VO, activity) come out of it in priority order. Migration 0008 creates it; MariaDB indexes at
+# most 3072 bytes, so there the long strings are indexed by a prefix.
+sa.Index("ix_fts_files_claim", files.c.file_state, files.c.source_se, files.c.dest_se, files.c.vo_name,
+         files.c.activity, files.c.priority.desc(), files.c.file_id, files.c.next_attempt)
 
 retry_errors = sa.Table(
     "fts_file_retry_errors", metadata,

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import socket
+import time
 import uuid
 import zlib
 from collections import defaultdict
@@ -371,6 +372,8 @@ class TransferService:
         self._sqlite = engine.dialect.name == "sqlite"
         self.config_version = 0
         """Bumped by every configuration change made through this instance (workers drop cached settings)."""
+        self._shape: tuple[float, list[Any]] | None = None
+        """The queue's shape as the last claim read it, and until when it may be used again."""
 
     # -- names ------------------------------------------------------------------------------------
 
@@ -479,6 +482,7 @@ class TransferService:
                     return job_id  # idempotent re-submission
             conn.execute(db.jobs.insert(), job_row)
             conn.execute(db.files.insert(), rows)
+        self._shape = None
         return job_id
 
     # -- reading ----------------------------------------------------------------------------------
@@ -644,8 +648,7 @@ class TransferService:
         f = db.files
         due = sa.and_(f.c.file_state == str(F.SUBMITTED), sa.or_(f.c.next_attempt.is_(None), f.c.next_attempt <= t))
         with self.engine.begin() as conn:
-            queues = conn.execute(sa.select(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity, sa.func.count())
-                                  .where(due).group_by(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity)).all()
+            queues = self._queue_shape(conn, due)
             if not queues:
                 return []
             active_rows = conn.execute(sa.select(f.c.source_se, f.c.dest_se, sa.func.count())
@@ -719,6 +722,25 @@ class TransferService:
                         username=r["username"], group=r["grp"], vo=r["vo_name"],
                         archive_timeout=r["archive_timeout"], bring_online=r["bring_online"],
                         activity=r["activity"]) for r in rows]
+
+    SHAPE_TTL = 0.5
+    """Seconds a claim may reuse the queue's shape read by an earlier one."""
+
+    def _queue_shape(self, conn: sa.Connection, due: sa.ColumnElement[bool]) -> list[Any]:
+        """(source, destination, VO, activity, count) of the files due now.
+
+        This read passes over every queued file, which at high rates costs more than the rest of the claim;
+        the picks that follow read the files themselves, so a shape a fraction of a second old only delays a
+        new (link, VO, activity) by that much, and costs an empty pick for one that ran dry. An empty queue is
+        never cached (an idle worker sees new work at once) and a submit through this instance drops it."""
+        cached = self._shape
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        f = db.files
+        queues = list(conn.execute(sa.select(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity, sa.func.count())
+                                   .where(due).group_by(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity)))
+        self._shape = (time.monotonic() + self.SHAPE_TTL, queues) if queues else None
+        return queues
 
     def _se_cap(self, limits: dict[str, Any], se: str, direction: str) -> int:
         row = limits.get(se) or limits.get("*")
@@ -879,6 +901,7 @@ class TransferService:
             state = F.STAGING if bring_online and bring_online > 0 else F.SUBMITTED
             conn.execute(f.update().where(f.c.file_id == nxt, f.c.file_state == str(F.NOT_USED))
                          .values(file_state=str(state)))
+            self._shape = None  # maybe another link
 
     def is_canceled(self, file_id: int) -> bool:
         with self.engine.connect() as conn:
@@ -896,6 +919,20 @@ class TransferService:
                                                                                          F.ARCHIVING, F.STAGING,
                                                                                          F.STARTED))]))
                              .values(lease_until=lease))
+
+    def release(self, worker: str, file_ids: Sequence[int]) -> int:
+        """A stopping worker's files that never started (READY under its lease) go back to SUBMITTED; no retry
+        is counted, and the next claim bumps `attempt` as always."""
+        f = db.files
+        n = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(file_ids), 500):
+                n += conn.execute(f.update().where(f.c.file_id.in_(chunk), f.c.transfer_host == worker,
+                                                   f.c.file_state == str(F.READY))
+                                  .values(file_state=str(F.SUBMITTED), transfer_host=None, lease_until=None)).rowcount
+        if n:
+            self._shape = None
+        return n
 
     def reap_expired(self) -> int:
         """Files whose worker lost its lease (killed, hung, partitioned) go back to SUBMITTED, the loss noted in
@@ -919,6 +956,8 @@ class TransferService:
             conn.execute(f.update().where(f.c.file_state.in_([str(F.STAGING), str(F.STARTED), str(F.ARCHIVING)]),
                                           f.c.lease_until < t).values(transfer_host=None, lease_until=None))
             self._refresh_jobs(conn, {r[1] for r in rows})
+        if rows:
+            self._shape = None
         return len(rows)
 
     def expire_queued(self) -> int:
@@ -965,6 +1004,8 @@ class TransferService:
         with self.engine.begin() as conn:
             r = conn.execute(db.files.update().where(db.files.c.file_id == file_id, db.files.c.file_state == str(old))
                              .values(file_state=str(new), **values))
+            if r.rowcount and new == F.SUBMITTED:
+                self._shape = None
             if r.rowcount:
                 job_id = conn.execute(sa.select(db.files.c.job_id).where(db.files.c.file_id == file_id)).scalar()
                 self._refresh_jobs(conn, [job_id])
