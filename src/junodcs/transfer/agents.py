@@ -390,9 +390,10 @@ class TransferWorker:
             # A slot is free when its copy ends, not when the result is in the database: the copy threads
             # (and the few files queued for them) are the worker's capacity; the link's limit is the
             # database's count, checked by the claim. Claim in batches: claiming one slot at a time as each
-            # copy ends costs more than the copies at high rates. Wait for an eighth of the slots to be free
-            # unless the worker is idle (ending copies wake this loop).
-            batch = max(1, self.options.concurrency // 8)
+            # copy ends costs more than the copies at high rates. Wait until the prefetch's worth of slots
+            # is free (the threads meanwhile work through the files claimed ahead), or an eighth without
+            # prefetch, unless the worker is idle (ending copies wake this loop).
+            batch = max(1, (self.options.capacity - self.options.concurrency) or self.options.concurrency // 8)
             claimed = self.service.claim(self.name, free) if free >= batch or (free > 0 and busy == 0) else []
             for c in claimed:
                 ev = threading.Event()
