@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
-from junodcs.core.client import BaseClient, raise_for_problem
-from junodcs.core.errors import ServiceUnavailable
+from junodcs.core.client import BaseClient
 
 MAX_BULK = 10_000
 
 
 class CatalogClient(BaseClient):
     prefix = "/api/v1/catalog"
-
-    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        import httpx
-
-        try:
-            with self.http.stream(method, self.prefix + path, headers=self._headers(), **kwargs) as response:
-                if not response.is_success:
-                    response.read()
-                    raise_for_problem(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.ConnectError as exc:
-            raise ServiceUnavailable(f"cannot reach {self.server_url}: {exc}", code="server-unreachable") from None
 
     # namespace
     def stat(self, lfn: str) -> dict[str, Any]:
@@ -40,7 +24,7 @@ class CatalogClient(BaseClient):
         return self.get("/ls", params=params)
 
     def iter_ls(self, lfn: str) -> Iterator[dict[str, Any]]:
-        return self._stream("GET", "/ls", params={"lfn": lfn, "stream": "true"})
+        return self.stream_lines("GET", "/ls", params={"lfn": lfn, "stream": "true"})
 
     def mkdir(self, lfn: str, mode: int | None = None) -> dict[str, Any]:
         return self.post("/mkdir", json={"lfn": lfn, "mode": mode})
@@ -108,7 +92,7 @@ class CatalogClient(BaseClient):
         return self.get("/metadata", params={"lfn": lfn})
 
     def find(self, query: Any, path: str | None = None, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
-        return self._stream("POST", "/find", json={"query": query, "path": path, "limit": limit})
+        return self.stream_lines("POST", "/find", json={"query": query, "path": path, "limit": limit})
 
     def count(self, query: Any, path: str | None = None) -> dict[str, int]:
         return self.post("/count", json={"query": query, "path": path})
@@ -130,7 +114,7 @@ class CatalogClient(BaseClient):
         return self.post(f"/datasets/{name}/release")
 
     def dataset_files(self, name: str) -> Iterator[dict[str, Any]]:
-        return self._stream("GET", f"/datasets/{name}/files")
+        return self.stream_lines("GET", f"/datasets/{name}/files")
 
     def remove_dataset(self, name: str) -> dict[str, Any]:
         return self.delete(f"/datasets/{name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,21 @@ class BaseClient:
         if "json" in response.headers.get("content-type", ""):
             return response.json()
         return response.content
+
+    def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The objects of a newline-delimited JSON answer, as they arrive (long listings, bulk results)."""
+        import httpx
+
+        try:
+            with self.http.stream(method, self.prefix + path, headers=self._headers(), **kwargs) as response:
+                if not response.is_success:
+                    response.read()
+                    raise_for_problem(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.ConnectError as exc:
+            raise ServiceUnavailable(f"cannot reach {self.server_url}: {exc}", code="server-unreachable") from None
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

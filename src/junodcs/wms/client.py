@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
-from junodcs.core.client import BaseClient, raise_for_problem
-from junodcs.core.errors import ServiceUnavailable
+from junodcs.core.client import BaseClient
 
 
 class WMSClient(BaseClient):
     prefix = "/api/v1/wms"
-
-    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        import httpx
-
-        try:
-            with self.http.stream(method, self.prefix + path, headers=self._headers(), **kwargs) as response:
-                if not response.is_success:
-                    response.read()
-                    raise_for_problem(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.ConnectError as exc:
-            raise ServiceUnavailable(f"cannot reach {self.server_url}: {exc}", code="server-unreachable") from None
 
     # -- users ---------------------------------------------------------------------------------------
     def submit(self, jobs: list[str | dict[str, Any]]) -> list[int]:
@@ -44,7 +28,7 @@ class WMSClient(BaseClient):
     def select(self, **filters: Any) -> Iterator[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         params["stream"] = "true"
-        return self._stream("GET", "/jobs", params=params)
+        return self.stream_lines("GET", "/jobs", params=params)
 
     def logging_info(self, job_id: int) -> list[dict[str, Any]]:
         return self.get(f"/jobs/{job_id}/logging")
