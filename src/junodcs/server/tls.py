@@ -5,11 +5,7 @@ Three things uvicorn does not do are added here:
 1. The SSL context asks for a client certificate without requiring one (token clients have none),
    trusts the hashed CA directory and allows RFC 3820 proxies (`VERIFY_ALLOW_PROXY_CERTS`).
 2. The TLS layer accepts a chain OpenSSL could not verify and leaves the decision to
-   `junodcs.auth.proxy.ProxyValidator`, which checks everything again and says why it refuses: a user
-   with an expired proxy or an unknown CA gets a 401 naming the reason instead of a bare handshake
-   alert. This needs OpenSSL's verify callback, which Python's `ssl` does not expose; it is set through
-   ctypes on the context's `SSL_CTX` after two sanity checks, and without them the server falls back to
-   strict verification in the handshake (still safe, only less helpful).
+   `junodcs.auth.proxy.ProxyValidator` (both in `junodcs.core.tls`, shared with the storage elements).
 3. The client chain reaches the application as `scope["extensions"]["tls"]["client_cert_chain"]`
    (PEM strings, leaf first, the ASGI TLS extension): a subclass of uvicorn's HTTP protocol wraps the
    per-connection app in `connection_made`, once the handshake is done.
@@ -17,26 +13,18 @@ Three things uvicorn does not do are added here:
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
 import ssl
-import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from junodcs.core.tls import client_chain, server_context
 from junodcs.server.run import TLSFiles
 
-log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-
-_SSL_VERIFY_PEER = 0x01
-_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-# Kept referenced for the life of the process: OpenSSL holds a raw pointer to it.
-_ACCEPT_ANY = _VERIFY_CALLBACK(lambda _ok, _store: 1)
 
 
 # -- files ----------------------------------------------------------------------------------------------
@@ -69,74 +57,12 @@ def default_tls_files(*, cert: Path | None = None, key: Path | None = None, ca_d
 # -- SSL context ----------------------------------------------------------------------------------------
 
 
-def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
-    """Address of the `SSL_CTX` behind a CPython `ssl.SSLContext` (first field after the object head)."""
-    if sys.implementation.name != "cpython" or hasattr(sys, "getobjects") or not (3, 10) <= sys.version_info < (3, 15):
-        return None
-    return ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-
-
-def tolerate_unverified_clients(context: ssl.SSLContext) -> bool:
-    """Let the handshake complete whatever OpenSSL thinks of the client chain (the application
-    validates it). Returns False, leaving strict verification, when the context cannot be reached safely."""
-    try:
-        import _ssl
-
-        library = ctypes.CDLL(_ssl.__file__)  # resolves libssl's symbols as the ssl module links them
-        get_mode = library.SSL_CTX_get_verify_mode
-        get_options = library.SSL_CTX_get_options
-        set_verify = library.SSL_CTX_set_verify
-    except (OSError, AttributeError, ImportError):
-        return False
-    pointer = _ssl_ctx_pointer(context)
-    if not pointer:
-        return False
-    get_mode.restype, get_mode.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    get_options.restype, get_options.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
-    set_verify.restype, set_verify.argtypes = None, [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]
-    if get_mode(pointer) != _SSL_VERIFY_PEER or get_options(pointer) != int(context.options):
-        log.warning("cannot reach OpenSSL's verify callback; client chains are verified in the TLS handshake")
-        return False
-    set_verify(pointer, _SSL_VERIFY_PEER, _ACCEPT_ANY)
-    return True
-
-
 def server_ssl_context(tls: TLSFiles, *, tolerant: bool = True) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(tls.certfile), str(tls.keyfile))
-    context.load_verify_locations(capath=str(tls.ca_dir))
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.verify_flags |= ssl.VerifyFlags.VERIFY_ALLOW_PROXY_CERTS
-    context.set_alpn_protocols(["http/1.1"])
-    if tolerant and not tolerate_unverified_clients(context):
-        log.info("client certificate chains that OpenSSL rejects will fail the TLS handshake")
-    return context
+    return server_context(str(tls.certfile), str(tls.keyfile), str(tls.ca_dir), alpn=["http/1.1"],
+                          tolerant=tolerant)
 
 
 # -- the client chain in the ASGI scope -----------------------------------------------------------------
-
-
-def client_chain(transport: Any) -> list[str]:
-    """PEM certificates the client presented, leaf first (the verified chain, with the trusted root when
-    OpenSSL built one)."""
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return []
-    getter = getattr(ssl_object, "get_verified_chain", None)  # public from Python 3.13
-    if getter is None:
-        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
-    if getter is None:
-        peer = ssl_object.getpeercert(binary_form=True)
-        return [ssl.DER_cert_to_PEM_cert(peer)] if peer else []
-    chain = getter() or []
-    pems: list[str] = []
-    for cert in chain:
-        if isinstance(cert, (bytes, bytearray)):
-            pems.append(ssl.DER_cert_to_PEM_cert(bytes(cert)))
-        else:
-            pems.append(cert.public_bytes())
-    return pems
 
 
 class ClientChainApp:

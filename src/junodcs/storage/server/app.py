@@ -53,7 +53,7 @@ def _finish_unread(request: web.Request, response: web.StreamResponse) -> web.St
 
 
 def authenticate(ctx: SEContext, request: web.Request) -> Any:
-    from junodcs.storage.server.tls import client_chain
+    from junodcs.core.tls import client_chain
 
     return ctx.auth.authenticate(request.headers.get("Authorization"), request.query.get("authz"),
                                  lambda: client_chain(request.transport))

@@ -25,8 +25,8 @@ class TLSFiles:
 
 def server_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
     """HTTPS for davs:// clients; client certificates and proxies are asked for but optional (tokens are
-    the norm) and judged by the application (`storage.server.tls`)."""
-    from junodcs.storage.server.tls import server_context
+    the norm) and judged by the application (`core.tls`)."""
+    from junodcs.core.tls import server_context
 
     return server_context(str(tls.cert), str(tls.key), str(tls.ca_dir) if tls.ca_dir is not None else None)
 
