@@ -22,7 +22,6 @@ from typing import Any
 from junodcs.core.tls import client_chain, server_context
 from junodcs.server.run import TLSFiles
 
-
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
