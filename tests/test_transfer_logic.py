@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,6 @@ def test_claim_respects_link_limit_and_se_caps_and_leases(service: TransferServi
     assert len(service.claim("w2", 100)) == 1  # B takes at most 4 in total
     assert service.job(job_id)["job_state"] == "ACTIVE"
     # a worker that never reports loses its files when the lease runs out; its late result is ignored
-    import time
-
     time.sleep(0.6)
     assert service.reap_expired() == 4
     late = service.report([Outcome(first[0].file_id, first[0].attempt, F.FINISHED, filesize=1, duration=1.0)], "w1")
@@ -311,3 +310,33 @@ def test_a_stopping_worker_puts_files_it_never_started_back_in_the_queue(service
     assert [f["file_state"] for f in service.files(job_id)] == ["SUBMITTED"] * 3, "not held until the lease ends"
     assert len(service.claim("w2", 3)) == 3
     assert service.retries(job_id, service.files(job_id)[0]["file_id"]) == [], "no retry counted"
+
+
+def test_stopping_a_worker_requeues_its_running_copies_instead_of_canceling_them(service: TransferService) -> None:
+    """A graceful stop (server restart) interrupts the copies; the user did not cancel anything."""
+    from junodcs.transfer.agents import Canceled, TransferWorker, WorkerOptions
+
+    job_id = service.submit(job(2), ME)
+    worker = TransferWorker(service, options=WorkerOptions(concurrency=2, prefetch=0, optimizer=False,
+                                                           stager=False, poll=0.01), name="w")
+    running = threading.Barrier(3)
+
+    def copy_until_interrupted(c, mode, canceled):  # type: ignore[no-untyped-def]
+        running.wait(10)
+        canceled.wait(30)
+        try:
+            raise Canceled()
+        except Canceled:  # what `Copier.run` answers when its copy is interrupted
+            return Outcome(c.file_id, c.attempt, F.CANCELED, reason="Transfer canceled", recoverable=False)
+
+    worker.copier.run = copy_until_interrupted  # type: ignore[method-assign]
+    worker.start()
+    running.wait(10)
+    deadline = time.monotonic() + 10
+    while [f["file_state"] for f in service.files(job_id)] != ["ACTIVE"] * 2:
+        assert time.monotonic() < deadline, service.files(job_id)
+        time.sleep(0.02)
+    worker.stop()
+    assert [f["file_state"] for f in service.files(job_id)] == ["SUBMITTED"] * 2
+    assert service.job(job_id)["job_state"] == "ACTIVE", "started once, it stays active until its files end"
+    assert {c.attempt for c in service.claim("w2", 2)} == {2}, "the next claim fences off the old copies"

@@ -358,8 +358,8 @@ class TransferWorker:
         self._flush()
         with self._lock:
             unreported = list(self.inflight)
-        if unreported:  # claimed ahead and never started: back to the queue now, not when the lease runs out
-            self.service.release(self.name, unreported)
+        if unreported:  # claimed ahead, or interrupted by this stop: back to the queue now, not when the lease
+            self.service.release(self.name, unreported)  # runs out, and never CANCELED for the user
 
     def __enter__(self) -> TransferWorker:
         return self.start()
@@ -424,8 +424,9 @@ class TransferWorker:
         except Exception as exc:  # noqa: BLE001
             log.exception("transfer %s: unexpected error", c.file_id)
             outcome = Outcome(c.file_id, c.attempt, F.FAILED, reason=f"internal error: {exc}", recoverable=True)
-        self._results.put(outcome)
-        self._results_waiting.set()
+        if not (outcome.state == F.CANCELED and self.stop_event.is_set()):
+            self._results.put(outcome)  # else: interrupted because this worker stops, released by `stop`
+            self._results_waiting.set()
         with self._lock:
             self._copies -= 1
         self._wake.set()

@@ -921,15 +921,20 @@ class TransferService:
                              .values(lease_until=lease))
 
     def release(self, worker: str, file_ids: Sequence[int]) -> int:
-        """A stopping worker's files that never started (READY under its lease) go back to SUBMITTED; no retry
-        is counted, and the next claim bumps `attempt` as always."""
+        """A stopping worker's files, claimed ahead (READY) or interrupted by the stop (ACTIVE), go back to
+        SUBMITTED: no retry is counted (the stop is nobody's failure), and the next claim bumps `attempt` as
+        always, so a late result of the interrupted copy is ignored. The SE never keeps a partial copy."""
         f = db.files
         n = 0
         with self.engine.begin() as conn:
             for chunk in _chunks(list(file_ids), 500):
                 n += conn.execute(f.update().where(f.c.file_id.in_(chunk), f.c.transfer_host == worker,
-                                                   f.c.file_state == str(F.READY))
-                                  .values(file_state=str(F.SUBMITTED), transfer_host=None, lease_until=None)).rowcount
+                                                   f.c.file_state.in_([str(F.READY), str(F.ACTIVE)]))
+                                  .values(file_state=str(F.SUBMITTED), transfer_host=None, lease_until=None,
+                                          start_time=None)).rowcount
+            if n:
+                jobs = conn.execute(sa.select(f.c.job_id).where(f.c.file_id.in_(list(file_ids))).distinct()).scalars()
+                self._refresh_jobs(conn, list(jobs))
         if n:
             self._shape = None
         return n
