@@ -373,6 +373,7 @@ class TransferService:
         self.config_version = 0
         """Bumped by every configuration change made through this instance (workers drop cached settings)."""
         self._shape: tuple[float, list[Any]] | None = None
+        self._config: tuple[int, float, Any] | None = None
         """The queue's shape as the last claim read it, and until when it may be used again."""
 
     # -- names ------------------------------------------------------------------------------------
@@ -660,9 +661,8 @@ class TransferService:
             for (s, d), n in link_active.items():
                 out_active[s] += n
                 in_active[d] += n
-            limits = {r.storage: r for r in conn.execute(sa.select(db.ses))}
-            share_rows = conn.execute(sa.select(db.shares)).all()
-            decisions = decisions if decisions is not None else self._decisions(conn)
+            limits, share_rows, decided, defaults = self._claim_config(conn)
+            decisions = decisions if decisions is not None else decided
             by_link: dict[tuple[str, str], dict[tuple[str, str], int]] = defaultdict(dict)
             for s, d, vo, act, n in queues:
                 by_link[(s, d)][(vo, act)] = n
@@ -673,7 +673,13 @@ class TransferService:
                 if len(picked) >= slots:
                     break
                 s, d = link
-                allowed = decisions.get(link, self._default_decision(conn, s, d)) - link_active.get(link, 0)
+                if link in decisions:
+                    decision = decisions[link]
+                elif link in defaults:
+                    decision = defaults[link]
+                else:
+                    decision = defaults[link] = self._default_decision(conn, s, d)
+                allowed = decision - link_active.get(link, 0)
                 allowed = min(allowed, self._se_cap(limits, s, "outbound") - out_active[s],
                               self._se_cap(limits, d, "inbound") - in_active[d], slots - len(picked))
                 if allowed <= 0:
@@ -710,10 +716,11 @@ class TransferService:
                 rows.extend(conn.execute(sa.select(f, db.jobs.c.verify_checksum, db.jobs.c.overwrite_flag,
                                                    db.jobs.c.timeout, db.jobs.c.transfer_mode.label("job_mode"), db.jobs.c.username,
                                                    db.jobs.c.grp, db.jobs.c.archive_timeout,
-                                                   db.jobs.c.bring_online)
+                                                   db.jobs.c.bring_online, db.jobs.c.job_state)
                                          .join(db.jobs, db.jobs.c.job_id == f.c.job_id)
                                          .where(f.c.file_id.in_(chunk))).mappings().all())
-            self._refresh_jobs(conn, {r["job_id"] for r in rows})
+            # a claim can only make a job ACTIVE: jobs that are already need no refresh
+            self._refresh_jobs(conn, {r["job_id"] for r in rows if r["job_state"] != str(J.ACTIVE)})
         return [Claimed(file_id=r["file_id"], job_id=r["job_id"], attempt=r["attempt"], retry=r["retry"],
                         source_surl=r["source_surl"], dest_surl=r["dest_surl"], source_se=r["source_se"],
                         dest_se=r["dest_se"], filesize=r["filesize"], checksum=r["checksum"],
@@ -722,6 +729,21 @@ class TransferService:
                         username=r["username"], group=r["grp"], vo=r["vo_name"],
                         archive_timeout=r["archive_timeout"], bring_online=r["bring_online"],
                         activity=r["activity"]) for r in rows]
+
+    CONFIG_TTL = 1.0
+    """Seconds a claim may reuse the SE limits, shares and optimizer decisions read by an earlier one (a
+    change through this instance is seen at once; one made elsewhere within this time)."""
+
+    def _claim_config(self, conn: sa.Connection) -> tuple[dict[str, Any], list[Any], dict[tuple[str, str], int],
+                                                          dict[tuple[str, str], int]]:
+        """(SE limits, shares, optimizer decisions, default decisions of links without one, filled as needed)."""
+        cached = self._config
+        if cached is not None and cached[0] == self.config_version and cached[1] > time.monotonic():
+            return cached[2]
+        config = ({r.storage: r for r in conn.execute(sa.select(db.ses))}, conn.execute(sa.select(db.shares)).all(),
+                  self._decisions(conn), {})
+        self._config = (self.config_version, time.monotonic() + self.CONFIG_TTL, config)
+        return config
 
     SHAPE_TTL = 0.5
     """Seconds a claim may reuse the queue's shape read by an earlier one."""
@@ -1052,6 +1074,7 @@ class TransferService:
     def delete_link(self, name: str) -> None:
         with self.engine.begin() as conn:
             r = conn.execute(db.links.delete().where(db.links.c.symbolic_name == name))
+        self.config_version += 1
         if not r.rowcount:
             raise NotFound(f"no link configuration named {name}", code="no-such-link")
 
@@ -1112,6 +1135,7 @@ class TransferService:
                              .values(weight=weight))
             if not r.rowcount:
                 conn.execute(db.shares.insert().values(vo=vo, activity=activity, weight=weight))
+        self.config_version += 1
 
     # -- monitoring and the optimizer ---------------------------------------------------------------
 
@@ -1203,6 +1227,7 @@ class TransferService:
                         filesize_stddev=st["filesize_stddev"], actual_active=st["active"], queue_size=st["queue"],
                         rationale=dec.rationale, diff=dec.diff))
                 decided.append(dec)
+        self._config = None  # new decisions for this instance's next claim
         return decided
 
     def _over_cap(self, limits: dict[str, Any], s: str, d: str, stats: list[dict[str, Any]]) -> bool:
