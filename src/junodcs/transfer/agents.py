@@ -433,9 +433,9 @@ class TransferWorker:
 
     # reporter
     def _report_loop(self) -> None:
-        """Flush as soon as a copy ends (its slot is free only once its result is in the database, where the
-        link's active count is read), else every `report_interval` for the start marks. Results that end
-        while a flush runs make the next batch, so batches grow with the rate by themselves."""
+        """Flush as soon as a copy ends (until its result is in the database, the file still counts towards
+        its link's limit there), else every `report_interval` for the start marks. Results that end while a
+        flush runs make the next batch, so batches grow with the rate by themselves."""
         while not self.stop_event.is_set():
             if self._results_waiting.wait(self.options.report_interval):
                 self._results_waiting.clear()

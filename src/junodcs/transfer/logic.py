@@ -373,8 +373,9 @@ class TransferService:
         self.config_version = 0
         """Bumped by every configuration change made through this instance (workers drop cached settings)."""
         self._shape: tuple[float, list[Any]] | None = None
+        """Until when the queue's shape the last claim read may be used again, and that shape."""
         self._config: tuple[int, float, Any] | None = None
-        """The queue's shape as the last claim read it, and until when it may be used again."""
+        """The configuration version, expiry and settings the last claim read (`_claim_config`)."""
 
     # -- names ------------------------------------------------------------------------------------
 
@@ -947,16 +948,16 @@ class TransferService:
         SUBMITTED: no retry is counted (the stop is nobody's failure), and the next claim bumps `attempt` as
         always, so a late result of the interrupted copy is ignored. The SE never keeps a partial copy."""
         f = db.files
+        held = sa.and_(f.c.transfer_host == worker, f.c.file_state.in_([str(F.READY), str(F.ACTIVE)]))
+        jobs: set[str] = set()
         n = 0
         with self.engine.begin() as conn:
             for chunk in _chunks(list(file_ids), 500):
-                n += conn.execute(f.update().where(f.c.file_id.in_(chunk), f.c.transfer_host == worker,
-                                                   f.c.file_state.in_([str(F.READY), str(F.ACTIVE)]))
+                jobs.update(conn.execute(sa.select(f.c.job_id).where(f.c.file_id.in_(chunk), held)).scalars())
+                n += conn.execute(f.update().where(f.c.file_id.in_(chunk), held)
                                   .values(file_state=str(F.SUBMITTED), transfer_host=None, lease_until=None,
                                           start_time=None)).rowcount
-            if n:
-                jobs = conn.execute(sa.select(f.c.job_id).where(f.c.file_id.in_(list(file_ids))).distinct()).scalars()
-                self._refresh_jobs(conn, list(jobs))
+            self._refresh_jobs(conn, jobs)
         if n:
             self._shape = None
         return n
@@ -1031,9 +1032,9 @@ class TransferService:
         with self.engine.begin() as conn:
             r = conn.execute(db.files.update().where(db.files.c.file_id == file_id, db.files.c.file_state == str(old))
                              .values(file_state=str(new), **values))
-            if r.rowcount and new == F.SUBMITTED:
-                self._shape = None
             if r.rowcount:
+                if new == F.SUBMITTED:
+                    self._shape = None
                 job_id = conn.execute(sa.select(db.files.c.job_id).where(db.files.c.file_id == file_id)).scalar()
                 self._refresh_jobs(conn, [job_id])
             return bool(r.rowcount)

@@ -12,7 +12,6 @@ policy decides the coarse rights; the logic applies the per-job rule.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -1084,14 +1083,8 @@ class WMS:
         return self._set_output_sandbox(row, digest, stored)
 
     def _verify_stored(self, digest: str) -> None:
-        from junodcs.wms.sandbox import SandboxIntegrityError
-
         store = self._store()
-        try:
-            data = store.get(digest)
-        except SandboxIntegrityError:
-            data = None
-        if data is None or hashlib.sha256(data).hexdigest() != digest:
+        if not store.intact(digest):
             with self.engine.connect() as conn:
                 recorded = self._stored(conn, digest)
             if not recorded:  # never accepted: nobody's output, safe to remove so the right bytes can be put

@@ -85,6 +85,10 @@ class SandboxStore(ABC):
     @abstractmethod
     def delete(self, digest: str) -> None: ...
 
+    def intact(self, digest: str) -> bool:
+        """Whether the bytes stored under `digest` hash to it."""
+        return hashlib.sha256(self.get(digest)).hexdigest() == digest
+
     def size(self, digest: str) -> int | None:
         """Bytes stored under `digest`, or None when nothing is."""
         try:
@@ -221,6 +225,13 @@ class SESandboxStore(SandboxStore):
         if hashlib.sha256(data).hexdigest() != digest:
             raise SandboxIntegrityError(f"sandbox {digest} on {self.se}: the stored bytes have another sha256")
         return data
+
+    def intact(self, digest: str) -> bool:
+        try:
+            self.get(digest)  # checks the sha256 itself
+        except SandboxIntegrityError:
+            return False
+        return True
 
     def exists(self, digest: str) -> bool:
         return self.size(digest) is not None
