@@ -197,5 +197,50 @@ def upload(http: Any, url: str, data: bytes, token: str) -> None:
     r.raise_for_status()
 
 
+def seed_sources(http: Any, se: SEProcess, directory: str, n: int, data: bytes, token: str) -> None:
+    """`n` source files `<directory>/<i>` on `se` with the same content: the first is uploaded (the SE records
+    its checksums), the others are hard links to it in the SE's root, so they share its inode and its
+    checksum attribute. One physical copy instead of `n`: 10,000 sources of 1 MiB fit on a memory file
+    system beside their copies, and seeding takes a second instead of a minute. Where the file system has
+    no user xattrs (checksums in per-path sidecar files) every file is uploaded."""
+    upload(http, f"{se.url}{directory}/0", data, token)
+    first = next((p for p in se.root.rglob("0") if p.parent.name == Path(directory).name), None)
+    try:
+        if first is None:
+            raise OSError("uploaded source not found under the SE's root")
+        os.getxattr(first, "user.junodcs.checksums")
+    except OSError:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: upload(http, f"{se.url}{directory}/{i}", data, token), range(1, n)))
+        return
+    for i in range(1, n):
+        os.link(first, first.with_name(str(i)))
+
+
+def write_ceiling(directory: Path, files: int = 3000, size: int = 1 << 20) -> float:
+    """Files of `size` per second that one process writes into `directory` (64 KiB pieces, as a socket hands
+    them over), measured over the last third of `files`: by then the kernel writes back dirty pages, which
+    on a virtual disk caps what any SE's destination can store (seen here: ~300 MiB/s with a whole core in
+    the kernel, against ~1,400 MiB/s while the page cache absorbs the writes)."""
+    target = Path(tempfile.mkdtemp(prefix="write-ceiling-", dir=directory))
+    parts = [os.urandom(65536) for _ in range(size // 65536)]
+    try:
+        start = None
+        for i in range(files):
+            if i == files * 2 // 3:
+                start = time.perf_counter()
+            fd = os.open(target / str(i), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.writev(fd, parts)
+            finally:
+                os.close(fd)
+        assert start is not None
+        return (files - files * 2 // 3) / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def random_block(size: int) -> bytes:
     return os.urandom(size)

@@ -8,8 +8,12 @@ processes (`transfer_common`), as they do in a grid, so neither side shares the 
 
     .venv/bin/python bench/transfer_throughput.py [--files 10000] [--concurrency 32] [--verify both|none]
 
-Prints one JSON line per measurement (bench, value, unit, baseline, baseline_value, ratio). Disk: the
-source files plus one set of copies at a time (the baseline's copies are removed before the service runs).
+Prints one JSON line per measurement (bench, value, unit, baseline, baseline_value, ratio). Disk: one source
+file (the others are hard links to it) plus one set of copies at a time (the baseline's copies are removed
+before the service runs). The files go under $TMPDIR: on a virtual disk the kernel's write-back caps what the
+destination SE can store, so the line also gives `write_ceiling_1MiB_files_per_s`, what one bare process
+writes there sustained, measured in the same run. `TMPDIR=/dev/shm` measures the transfer path without that
+ceiling (10,000 copies of 1 MiB need 10 GiB of memory).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transfer_common import adler32_hex, bench_environment, random_block, upload  # noqa: E402
+from transfer_common import adler32_hex, bench_environment, random_block, seed_sources, write_ceiling  # noqa: E402
 
 SIZE = 1 << 20
 
@@ -51,9 +55,8 @@ def main() -> None:
         n = args.files
         data = random_block(SIZE)
         http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
-        print(f"# writing {n} source files of 1 MiB", file=sys.stderr)
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: upload(http, f"{a.url}/juno/bench/src/{i}", data, env.token), range(n)))
+        print(f"# {n} source files of 1 MiB (hard links to one upload)", file=sys.stderr)
+        seed_sources(http, a, "/juno/bench/src", n, data, env.token)
 
         def copy(i: int) -> None:
             headers = {**env.auth, "Source": f"{a.url}/juno/bench/src/{i}",
@@ -107,11 +110,16 @@ def main() -> None:
         for reason, count in Counter(f["reason"] for f in files if f["file_state"] != "FINISHED").items():
             print(f"# not finished ({count}): {reason}", file=sys.stderr)
         rate = finished / elapsed
+        for dst in b.root.rglob("dst"):  # room for the ceiling's files, and no write-back left to compete with
+            shutil.rmtree(dst, ignore_errors=True)
+        ceiling = None if args.skip_baseline else write_ceiling(env.tmp)
         print(json.dumps({"bench": f"transfer_service_1MiB_files_per_s_verify_{args.verify}", "value": round(rate, 1),
                           "unit": "files/s", "baseline": "concurrent_COPY_loop",
                           "baseline_value": round(baseline, 1) if baseline else None,
                           "ratio": round(rate / baseline, 3) if baseline else None, "files": n, "finished": finished,
-                          "concurrency": args.concurrency, "jobs": dict(states),
+                          "concurrency": args.concurrency, "jobs": dict(states), "root": str(env.tmp.parent),
+                          # what one process can write there, sustained: no SE stores faster on this disk
+                          "write_ceiling_1MiB_files_per_s": round(ceiling, 1) if ceiling else None,
                           # CPU of this process (the worker, or the COPY loop) per file: the SEs share the cores
                           "cpu_ms_per_file": round(cpu_ms, 2),
                           "baseline_cpu_ms_per_file": round(baseline_cpu_ms, 2) if baseline_cpu_ms else None}))
