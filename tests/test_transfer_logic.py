@@ -281,17 +281,17 @@ def test_reporter_keeps_a_batch_the_database_refused(service: TransferService,
         worker.inflight[c.file_id] = (c, threading.Event())
         worker._started.put((c.file_id, c.attempt, "pull"))
         worker._results.put(Outcome(c.file_id, c.attempt, F.FINISHED, filesize=1, duration=0.01))
-    real_report = service.report
+    real_report = service._report
 
     def locked(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(service, "report", locked)
+    monkeypatch.setattr(service, "_report", locked)  # the flush's transaction fails: marks roll back too
     with pytest.raises(RuntimeError):
         worker._flush()
     assert set(worker.inflight) == {c.file_id for c in claimed}, "still in flight, so its lease is renewed"
     service.renew_leases("w", list(worker.inflight))
-    monkeypatch.setattr(service, "report", real_report)
+    monkeypatch.setattr(service, "_report", real_report)
     worker._flush()
     assert [f["file_state"] for f in service.files(job_id)] == ["FINISHED", "FINISHED"]
     assert worker.inflight == {} and worker.completed == 2

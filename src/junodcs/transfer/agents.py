@@ -114,6 +114,8 @@ class WorkerOptions:
     concurrency: int = 32
     poll: float = 0.5
     report_interval: float = 0.05
+    report_coalesce: float = 0.01
+    """Seconds the reporter waits after a result for more to end before it flushes them together."""
     optimizer_interval: float = 60.0
     stage_interval: float = 2.0
     ca_dir: str | None = None
@@ -439,6 +441,10 @@ class TransferWorker:
         while not self.stop_event.is_set():
             if self._results_waiting.wait(self.options.report_interval):
                 self._results_waiting.clear()
+                # Gather what ends within the next moment too: each flush is a transaction whose fixed cost
+                # (commit, job-state refresh) is larger than that of a file, and at a few hundred files a
+                # second a flush per result would take more of the interpreter than the copies.
+                self.stop_event.wait(self.options.report_coalesce)
             self._flush()
 
     def _flush(self) -> None:
@@ -452,25 +458,21 @@ class TransferWorker:
         """
         outcomes = _drain(self._results)
         started = _drain(self._started)
-        if started:
-            try:
-                ok = self.service.mark_active(started, self.name)
-            except Exception:
-                _requeue(self._started, started)
-                _requeue(self._results, outcomes)
-                raise
-            for file_id, _, _ in started:
-                if file_id not in ok:  # canceled or taken away meanwhile: stop the copy
-                    with self._lock:
-                        entry = self.inflight.get(file_id)
-                    if entry:
-                        entry[1].set()
+        if not started and not outcomes:
+            return
+        try:
+            ok, _ = self.service.apply(started, outcomes, self.name)
+        except Exception:
+            _requeue(self._started, started)
+            _requeue(self._results, outcomes)
+            raise
+        for file_id, _, _ in started:
+            if file_id not in ok:  # canceled or taken away meanwhile: stop the copy
+                with self._lock:
+                    entry = self.inflight.get(file_id)
+                if entry:
+                    entry[1].set()
         if outcomes:
-            try:
-                self.service.report(outcomes, self.name)
-            except Exception:
-                _requeue(self._results, outcomes)
-                raise
             with self._lock:
                 for o in outcomes:
                     self.inflight.pop(o.file_id, None)

@@ -783,24 +783,38 @@ class TransferService:
     # -- results ----------------------------------------------------------------------------------
 
     def mark_active(self, items: Sequence[tuple[int, int, str | None]], worker: str) -> set[int]:
-        """READY -> ACTIVE for (file_id, attempt, mode) of this worker; returns the file ids that may run.
-        One guarded executemany for the batch (the reporter calls this every few milliseconds with
-        everything that started meanwhile); what it changed is read back only when the row count says
-        that some file was not changed (canceled or claimed again meanwhile)."""
+        """READY -> ACTIVE for (file_id, attempt, mode) of this worker; returns the file ids that may run."""
         if not items:
             return set()
+        with self.engine.begin() as conn:
+            return self._mark_active(conn, items, worker)
+
+    def apply(self, started: Sequence[tuple[int, int, str | None]], outcomes: Sequence[Outcome],
+              worker: str) -> tuple[set[int], dict[int, str]]:
+        """A worker's flush in one transaction: the start marks (`mark_active`), then the results (`report`).
+        Marks first: a copy queues its mark before its result, so every result here has its mark in this
+        flush or an earlier one. One commit instead of two per flush halves the reporter's database time."""
+        if not started and not outcomes:
+            return set(), {}
+        with self.engine.begin() as conn:
+            ok = self._mark_active(conn, started, worker) if started else set()
+            return ok, self._report(conn, outcomes, worker) if outcomes else {}
+
+    def _mark_active(self, conn: sa.Connection, items: Sequence[tuple[int, int, str | None]],
+                     worker: str) -> set[int]:
+        """One guarded executemany for the batch; what it changed is read back only when the row count says
+        that some file was not changed (canceled or claimed again meanwhile)."""
         t = now()
         wanted = {file_id: attempt for file_id, attempt, _ in items}
-        with self.engine.begin() as conn:
-            result = conn.execute(_statements().mark_active, [{"fid": file_id, "att": attempt, "mode": mode,
-                                                              "host": worker, "begun": t}
-                                                             for file_id, attempt, mode in items])
-            if len(wanted) == len(items) and _all_changed(conn, result, len(items)):
-                return set(wanted)
-            ok: set[int] = set()
-            for chunk in _chunks(list(wanted), 500):
-                ok.update(i for i, att in conn.execute(_statements().active_of, {"ids": chunk, "host": worker})
-                          if wanted[i] == att)
+        result = conn.execute(_statements().mark_active, [{"fid": file_id, "att": attempt, "mode": mode,
+                                                          "host": worker, "begun": t}
+                                                         for file_id, attempt, mode in items])
+        if len(wanted) == len(items) and _all_changed(conn, result, len(items)):
+            return set(wanted)
+        ok: set[int] = set()
+        for chunk in _chunks(list(wanted), 500):
+            ok.update(i for i, att in conn.execute(_statements().active_of, {"ids": chunk, "host": worker})
+                      if wanted[i] == att)
         return ok
 
     def report(self, outcomes: Sequence[Outcome], worker: str) -> dict[int, str]:
@@ -808,65 +822,68 @@ class TransferService:
         left becomes SUBMITTED after the job's retry delay (the reason kept in the retry history); a failed
         replica of a multi-source file promotes the next NOT_USED replica. Stale results (another claim
         since, or the file canceled) change nothing. Returns file_id -> the state applied (or 'stale')."""
-        applied: dict[int, str] = {}
         if not outcomes:
-            return applied
+            return {}
+        with self.engine.begin() as conn:
+            return self._report(conn, outcomes, worker)
+
+    def _report(self, conn: sa.Connection, outcomes: Sequence[Outcome], worker: str) -> dict[int, str]:
+        applied: dict[int, str] = {}
         f = db.files
         jobs_touched: set[str] = set()
-        with self.engine.begin() as conn:
-            held: dict[int, Any] = {}
-            for chunk in _chunks([o.file_id for o in outcomes], 500):
-                for r in conn.execute(_statements().held, {"ids": chunk, "host": worker}):
-                    held[r.file_id] = r
-            rows = {o.file_id: r for o in outcomes if (r := held.get(o.file_id)) is not None and r.attempt == o.attempt}
-            finished = [o for o in outcomes if o.file_id in rows and FileState(o.state) == F.FINISHED]
-            if finished:
-                applied.update(self._report_finished(conn, finished, worker))
-                jobs_touched.update(rows[o.file_id].job_id for o in finished if applied[o.file_id] != "stale")
-            for o in outcomes:
-                if o.file_id in applied:
-                    continue
-                row = rows.get(o.file_id)
-                if row is None:
-                    applied[o.file_id] = "stale"
-                    continue
-                target = FileState(o.state)
-                values: dict[str, Any] = {"reason": o.reason, "recoverable": o.recoverable}
-                if o.filesize is not None:
-                    values["filesize"] = o.filesize
-                if o.mode:
-                    values["transfer_mode"] = o.mode
-                if target == F.FAILED and o.recoverable and row.retry < row.max_retry:
-                    conn.execute(db.retry_errors.insert().values(file_id=o.file_id, attempt=row.retry + 1,
-                                                                 datetime=now(), reason=o.reason or "",
-                                                                 transfer_host=worker))
-                    target = F.SUBMITTED
-                    values.update(retry=row.retry + 1, next_attempt=now() + timedelta(seconds=row.retry_delay),
-                                  transfer_host=None, lease_until=None, start_time=None)
-                elif target in FILE_TERMINAL:
-                    values.update(finish_time=o.finish or now(), transfer_host=None, lease_until=None)
-                    if o.duration is not None:
-                        values["tx_duration"] = o.duration
-                        if o.filesize and o.duration > 0 and target == F.FINISHED:
-                            values["throughput"] = o.filesize / 1e6 / o.duration
-                elif target == F.ARCHIVING:
-                    values.update(archive_start_time=now(), tx_duration=o.duration,
-                                  throughput=(o.filesize / 1e6 / o.duration) if o.filesize and o.duration else None)
-                if o.start is not None:
-                    values.setdefault("start_time", o.start)
-                values.update(file_state=str(target))
-                result = conn.execute(f.update().where(f.c.file_id == o.file_id, f.c.attempt == o.attempt,
-                                                       f.c.transfer_host == worker,
-                                                       f.c.file_state.in_(predecessors(target)))
-                                      .values(**values))
-                if not result.rowcount:
-                    applied[o.file_id] = "stale"
-                    continue
-                applied[o.file_id] = str(target)
-                jobs_touched.add(row.job_id)
-                if target == F.FAILED:
-                    self._promote_next_replica(conn, row.job_id, row.file_index, row.bring_online)
-            self._refresh_jobs(conn, jobs_touched)
+        held: dict[int, Any] = {}
+        for chunk in _chunks([o.file_id for o in outcomes], 500):
+            for r in conn.execute(_statements().held, {"ids": chunk, "host": worker}):
+                held[r.file_id] = r
+        rows = {o.file_id: r for o in outcomes if (r := held.get(o.file_id)) is not None and r.attempt == o.attempt}
+        finished = [o for o in outcomes if o.file_id in rows and FileState(o.state) == F.FINISHED]
+        if finished:
+            applied.update(self._report_finished(conn, finished, worker))
+            jobs_touched.update(rows[o.file_id].job_id for o in finished if applied[o.file_id] != "stale")
+        for o in outcomes:
+            if o.file_id in applied:
+                continue
+            row = rows.get(o.file_id)
+            if row is None:
+                applied[o.file_id] = "stale"
+                continue
+            target = FileState(o.state)
+            values: dict[str, Any] = {"reason": o.reason, "recoverable": o.recoverable}
+            if o.filesize is not None:
+                values["filesize"] = o.filesize
+            if o.mode:
+                values["transfer_mode"] = o.mode
+            if target == F.FAILED and o.recoverable and row.retry < row.max_retry:
+                conn.execute(db.retry_errors.insert().values(file_id=o.file_id, attempt=row.retry + 1,
+                                                             datetime=now(), reason=o.reason or "",
+                                                             transfer_host=worker))
+                target = F.SUBMITTED
+                values.update(retry=row.retry + 1, next_attempt=now() + timedelta(seconds=row.retry_delay),
+                              transfer_host=None, lease_until=None, start_time=None)
+            elif target in FILE_TERMINAL:
+                values.update(finish_time=o.finish or now(), transfer_host=None, lease_until=None)
+                if o.duration is not None:
+                    values["tx_duration"] = o.duration
+                    if o.filesize and o.duration > 0 and target == F.FINISHED:
+                        values["throughput"] = o.filesize / 1e6 / o.duration
+            elif target == F.ARCHIVING:
+                values.update(archive_start_time=now(), tx_duration=o.duration,
+                              throughput=(o.filesize / 1e6 / o.duration) if o.filesize and o.duration else None)
+            if o.start is not None:
+                values.setdefault("start_time", o.start)
+            values.update(file_state=str(target))
+            result = conn.execute(f.update().where(f.c.file_id == o.file_id, f.c.attempt == o.attempt,
+                                                   f.c.transfer_host == worker,
+                                                   f.c.file_state.in_(predecessors(target)))
+                                  .values(**values))
+            if not result.rowcount:
+                applied[o.file_id] = "stale"
+                continue
+            applied[o.file_id] = str(target)
+            jobs_touched.add(row.job_id)
+            if target == F.FAILED:
+                self._promote_next_replica(conn, row.job_id, row.file_index, row.bring_online)
+        self._refresh_jobs(conn, jobs_touched)
         return applied
 
     def _report_finished(self, conn: sa.Connection, outcomes: Sequence[Outcome], worker: str) -> dict[int, str]:
