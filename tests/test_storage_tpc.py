@@ -90,11 +90,14 @@ def test_pull_and_push_between_two_ses(se: BackgroundSE, se2: BackgroundSE, issu
                                 TransferHeaderAuthorization=f"Bearer {token}", Credential="none")
     assert status == 202 and parser.outcome == "success", text
     assert text.startswith("Perf Marker") and "Stripe Bytes Transferred: 0" in text
-    assert text.rstrip().endswith("success: Created") and parser.transferred == len(PAYLOAD)
+    # a pull's success line names the stored file's adler32, after the word davix and gfal2 look for
+    assert text.rstrip().endswith(f"success: Created; adler32={ADLER}") and parser.transferred == len(PAYLOAD)
+    assert parser.adler32 == ADLER and parser.message.startswith("Created")
     assert (se2.config.root / "juno/dst/pulled").read_bytes() == PAYLOAD
     status, parser, text = copy(se, "/juno/src/f", token, Destination=f"{se2.url}/juno/dst/pushed",
                                 TransferHeaderAuthorization=f"Bearer {token}")
     assert status == 202 and parser.outcome == "success", text
+    assert parser.adler32 is None, "a push's active side is the source: it names no stored checksum"
     assert (se2.config.root / "juno/dst/pushed").read_bytes() == PAYLOAD
     r = httpx.head(f"{se2.url}/juno/dst/pushed", headers={"Authorization": f"Bearer {token}", "Want-Digest": "adler32"})
     assert r.headers["digest"] == f"adler32={ADLER}"

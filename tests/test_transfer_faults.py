@@ -164,3 +164,47 @@ def test_worker_killed_mid_transfer_lease_expires_and_runs_again(grid: Grid, tmp
     assert len(history) == 1 and "lost its lease" in history[0]["reason"]
     assert grid.se_file("CNAF-STORM", lfn).read_bytes() == data
     assert leftovers(grid.ses["CNAF-STORM"].config.root) == []
+
+
+def test_destination_checksum_is_read_from_the_final_line_and_a_wrong_one_fails(
+        grid: Grid, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pull, a junodcs destination names the stored file's adler32 in its success line: the worker
+    compares that with the expected checksum instead of asking with a HEAD, and a value that differs fails
+    the transfer (not retried) and removes the copy, exactly as a differing HEAD answer does."""
+    from junodcs.storage.client import StorageClient
+    from junodcs.storage.server import tpc
+
+    svc = service(grid)
+    asked: list[str] = []
+    real_checksum = StorageClient.checksum
+
+    def counted(self: StorageClient, surl: str, *args: object, **kwargs: object) -> str:
+        asked.append(surl)
+        return real_checksum(self, surl, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StorageClient, "checksum", counted)
+    src, data = put_file(grid, "IHEP-EOS", "/juno/test/faults/final-line-ok.dat", size=100_000)
+    dst = url(grid, "JINR-DCACHE", "/juno/test/faults/final-line-ok.dat")
+    with worker(grid):
+        job_id = svc.submit({"files": [{"sources": [src], "destinations": [dst], "checksum": f"ADLER32:{adler(data)}"}],
+                             "params": {"verify_checksum": "both", "retry": 2}}, ME)
+        assert wait_job(svc, job_id)["job_state"] == "FINISHED"
+    assert dst not in asked, "the destination's checksum came with the copy"
+
+    real_final = tpc.format_final
+
+    def lying(ok: bool, reason: str = "Created", *, digests: dict[str, str] | None = None) -> bytes:
+        return real_final(ok, reason, digests={"adler32": "0badf00d"} if digests else None)
+
+    monkeypatch.setattr(tpc, "format_final", lying)
+    lfn = "/juno/test/faults/final-line-bad.dat"
+    src, data = put_file(grid, "IHEP-EOS", lfn, size=100_000)
+    with worker(grid):
+        job_id = svc.submit({"files": [{"sources": [src], "destinations": [url(grid, "JINR-DCACHE", lfn)],
+                                        "checksum": f"ADLER32:{adler(data)}"}],
+                             "params": {"verify_checksum": "both", "retry": 2, "retry_delay": 1}}, ME)
+        job = wait_job(svc, job_id)
+    f, = svc.files(job_id)
+    assert job["job_state"] == "FAILED" and "checksum mismatch" in f["reason"] and "0badf00d" in f["reason"]
+    assert f["retry"] == 0 and not f["recoverable"]
+    assert not grid.se_file("JINR-DCACHE", lfn).exists(), "an unverified copy is not left behind"

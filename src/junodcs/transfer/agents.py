@@ -185,12 +185,14 @@ class Copier:
                                    duration=time.monotonic() - t0, start=start)
             phase = "TRANSFER"
             deadline = t0 + transfer_timeout(c.filesize, c.timeout)
-            size = self._copy(client, c, mode, verify != "n", src_sum if alg == "adler32" else None, deadline,
-                              canceled)
+            size, stored = self._copy(client, c, mode, verify != "n", src_sum if alg == "adler32" else None,
+                                      deadline, canceled)
             duration = time.monotonic() - t0
             if verify in ("t", "b"):  # FTS3: "s" checks the source only, "t" and "b" the destination too
                 phase = "DESTINATION"
-                dst_sum = client.checksum(c.dest_surl, alg)
+                # after a pull, a junodcs destination names the stored file's adler32 in its final line
+                # (`storage.markers`); any other SE, or another algorithm, is asked with a HEAD
+                dst_sum = stored if stored and alg == "adler32" else client.checksum(c.dest_surl, alg)
                 expected = user_sum if user_sum and verify in ("t", "b") else src_sum
                 if expected and dst_sum != expected:
                     self._clean_up(client, c)
@@ -238,14 +240,16 @@ class Copier:
         return None
 
     def _copy(self, client: Any, c: Claimed, mode: str, verify: bool, adler32: str | None, deadline: float,
-              canceled: threading.Event) -> int:
+              canceled: threading.Event) -> tuple[int, str | None]:
+        """Run the copy; returns the bytes moved and, after a pull from a junodcs destination, the adler32 of
+        the file it stored."""
         from junodcs.storage.client import TransferFailed, http_url, raise_for
         from junodcs.storage.markers import MarkerParser
 
         if mode == "stream":
             if canceled.is_set():
                 raise Canceled()
-            return int(client._stream_copy(c.source_surl, c.dest_surl, adler32, overwrite=c.overwrite))
+            return int(client._stream_copy(c.source_surl, c.dest_surl, adler32, overwrite=c.overwrite)), None
         import httpx
 
         stall = self.worker.options.stall_timeout or self.worker.service.settings.stall_timeout
@@ -283,7 +287,7 @@ class Copier:
         if parser.outcome != "success":
             raise TransferFailed(f"{mode} copy failed at the {'destination' if mode == 'pull' else 'source'} SE: "
                                  f"{parser.message}")
-        return parser.transferred
+        return parser.transferred, parser.adler32 if mode == "pull" else None
 
 
 def _drain(q: queue.Queue[Any]) -> list[Any]:

@@ -20,6 +20,7 @@ import logging
 import os
 import stat as stat_mod
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -126,7 +127,7 @@ class MarkerStream(web.StreamResponse):
 async def _run_with_markers(ctx: SEContext, request: web.Request, work: object, progress: Progress,
                             mode: str) -> web.StreamResponse:
     response = MarkerStream(status=202, headers={"Content-Type": "text/perf-marker-stream"})
-    task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    task: asyncio.Task[Any] = asyncio.ensure_future(work)  # type: ignore[arg-type]
     try:
         await response.prepare(request)
         await response.write(format_marker(0))
@@ -142,8 +143,8 @@ async def _run_with_markers(ctx: SEContext, request: web.Request, work: object, 
         log.info("TPC %s aborted: the client went away", mode)
         raise
     try:
-        task.result()
-        final = format_final(True, "Created")
+        stored = task.result()
+        final = format_final(True, "Created", digests=stored if isinstance(stored, dict) else None)
         outcome = "success"
     except TPCFailure as exc:
         final, outcome = format_final(False, str(exc)), "failure"
@@ -190,9 +191,9 @@ async def _precise_failure(ctx: SEContext, url: str, headers: dict[str, str]) ->
 
 
 async def pull(ctx: SEContext, url: str, target: SEPath, headers: dict[str, str], *, overwrite: bool,
-               verify: bool, progress: Progress) -> None:
+               verify: bool, progress: Progress) -> dict[str, str]:
     """GET the source into an atomic upload, checksumming as the bytes arrive, and compare with the source's
-    adler32 before the rename.
+    adler32 before the rename. Returns the checksums of the file as stored.
 
     Why no pre-flight HEAD: the GET carries `Want-Digest`, and our SEs, XRootD and dCache answer it on the
     GET itself, so a HEAD first cost every copy a second request (and the source a second stat and
@@ -231,9 +232,9 @@ async def pull(ctx: SEContext, url: str, target: SEPath, headers: dict[str, str]
                     raise TPCFailure("RequireChecksumVerification is true but the source gave no adler32 Digest")
                 try:
                     if inline:
-                        upload.commit(overwrite=overwrite)
+                        stored = upload.commit(overwrite=overwrite)
                     else:
-                        await ctx.run(upload.commit, overwrite=overwrite)
+                        stored = await ctx.run(upload.commit, overwrite=overwrite)
                 except PreconditionFailed as exc:
                     raise TPCFailure(str(exc)) from None
                 if ctx.tape is not None:
@@ -242,6 +243,7 @@ async def pull(ctx: SEContext, url: str, target: SEPath, headers: dict[str, str]
                 upload.abort()
                 raise
             ctx.metrics.bytes_in.inc(upload.size)
+            return stored
     except aiohttp.ClientError as exc:
         raise TPCFailure(f"transfer from {url} failed: {exc or type(exc).__name__}") from None
     except TimeoutError:
