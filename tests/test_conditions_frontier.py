@@ -64,3 +64,27 @@ def test_request_carries_the_encoded_queries_in_order() -> None:
     parsed = frontier.parse_request(path)
     assert [frontier.decode_query(p.params["p1"]) for p in parsed.payloads] == STATEMENTS[:2]
     assert parsed.ttl == "short"
+
+
+def _response(blob: bytes, *, keepalives: bool = False) -> bytes:
+    stream, records = frontier.encode_rows([("data", "BLOB")], [[blob]])
+    body = frontier.payload_body(stream, records, 5)
+    if keepalives:  # as a server writes them into <data> while a slow query runs
+        body = frontier.KEEPALIVE + b"\n" + frontier.KEEPALIVE + body
+    return frontier.xml_head(1) + frontier.payload_open("BLOBzip5") + body + frontier.XML_TAIL
+
+
+def test_client_decodes_keepalives_and_refuses_damaged_base64() -> None:
+    blob = bytes(range(256)) * 300
+    (result,) = frontier.parse_response(_response(blob, keepalives=True), expected=1)
+    assert result.rows == [[blob]] and result.records == 1
+    good = _response(blob)
+    start = good.index(b"<data>") + 6
+    with pytest.raises(frontier.FrontierError, match="bad base64"):  # a byte outside the alphabet
+        frontier.parse_response(good[:start + 10] + b"!" + good[start + 11:])
+    letters = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    original = good[start + 10:start + 11]
+    assert original in letters
+    flipped = original.translate(bytes.maketrans(letters, letters[1:] + letters[:1]))
+    with pytest.raises(frontier.FrontierError, match="md5 mismatch"):  # inside the alphabet: the md5 tells
+        frontier.parse_response(good[:start + 10] + flipped + good[start + 11:])
