@@ -201,9 +201,11 @@ def test_shares_pick_by_weight(service: TransferService) -> None:
     assert picks["express"] > picks["default"]
 
 
-def test_batched_start_and_finish_on_every_database(engine: object) -> None:
+@pytest.mark.parametrize("known_job", [False, True], ids=["read-first", "job-given"])
+def test_batched_start_and_finish_on_every_database(engine: object, known_job: bool) -> None:
     """The reporter's batch paths (one executemany for READY -> ACTIVE and one for ACTIVE -> FINISHED) on
-    SQLite, PostgreSQL and MariaDB: applied only to this worker's current attempt, stale ones reported."""
+    SQLite, PostgreSQL and MariaDB: applied only to this worker's current attempt, stale ones reported.
+    Both with results that name their job (a worker's: no read before the update) and without."""
     svc = TransferService(engine, settings=Settings(lease=60.0), se_names={"http://a:1": "A", "http://b:2": "B"})  # type: ignore[arg-type]
     job_id = svc.submit(job(6), ME)
     claimed = svc.claim("w", 100)
@@ -217,10 +219,17 @@ def test_batched_start_and_finish_on_every_database(engine: object) -> None:
     assert svc.mark_active([(claimed[0].file_id, claimed[0].attempt, "pull")], "other") == set()
     outcomes = [Outcome(c.file_id, c.attempt, F.FINISHED, filesize=2048, duration=0.5, mode="pull") for c in claimed[:3]]
     outcomes.append(Outcome(claimed[3].file_id, claimed[3].attempt + 1, F.FINISHED, filesize=1, duration=1.0))
+    if known_job:
+        for o in outcomes:
+            o.job_id = job_id
     applied = svc.report(outcomes, "w")
     assert applied == {**{c.file_id: "FINISHED" for c in claimed[:3]}, claimed[3].file_id: "stale"}
-    assert svc.report(outcomes[:1], "w") == {claimed[0].file_id: "stale"}  # a repeated result changes nothing
+    before = {f["file_id"]: f for f in svc.files(job_id)}
+    # a repeated result changes nothing; without a read first it cannot be told from the first one, so it is
+    # reported as the state the file holds for that attempt
+    assert svc.report(outcomes[:1], "w") == {claimed[0].file_id: "FINISHED" if known_job else "stale"}
     files = {f["file_id"]: f for f in svc.files(job_id)}
+    assert files == before
     for c in claimed[:3]:
         f = files[c.file_id]
         assert f["file_state"] == "FINISHED" and f["filesize"] == 2048 and f["transfer_mode"] == "pull"
@@ -230,7 +239,8 @@ def test_batched_start_and_finish_on_every_database(engine: object) -> None:
     assert files[claimed[4].file_id]["file_state"] == "READY"
     assert files[canceled.file_id]["file_state"] == "CANCELED"
     assert svc.job(job_id)["job_state"] == "ACTIVE"
-    svc.report([Outcome(claimed[3].file_id, claimed[3].attempt, F.FINISHED, filesize=1, duration=1.0)], "w")
+    svc.report([Outcome(claimed[3].file_id, claimed[3].attempt, F.FINISHED, filesize=1, duration=1.0,
+                        job_id=job_id if known_job else None)], "w")
     svc.cancel(job_id, [claimed[4].file_id])
     assert svc.job(job_id)["job_state"] == "FINISHEDDIRTY"
 

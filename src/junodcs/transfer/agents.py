@@ -24,6 +24,7 @@ Threads of one worker:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -399,8 +400,7 @@ class TransferWorker:
             # copy ends costs more than the copies at high rates. Wait until the prefetch's worth of slots
             # is free (the threads meanwhile work through the files claimed ahead), or an eighth without
             # prefetch, unless the worker is idle (ending copies wake this loop).
-            batch = max(1, (self.options.capacity - self.options.concurrency) or self.options.concurrency // 8)
-            claimed = self.service.claim(self.name, free) if free >= batch or (free > 0 and busy == 0) else []
+            claimed = self.service.claim(self.name, free) if self._claim_due(busy) else []
             for c in claimed:
                 ev = threading.Event()
                 with self._lock:
@@ -410,6 +410,15 @@ class TransferWorker:
             if not claimed:
                 self._wake.wait(self.options.poll)
                 self._wake.clear()
+
+    def _claim_due(self, busy: int) -> bool:
+        """Whether enough slots are free for a claim (a batch), or the worker is idle."""
+        free = self.options.capacity - busy
+        return free >= self._batch or (free > 0 and busy == 0)
+
+    @functools.cached_property
+    def _batch(self) -> int:
+        return max(1, (self.options.capacity - self.options.concurrency) or self.options.concurrency // 8)
 
     def _mode(self, c: Claimed) -> str:
         if c.mode:
@@ -430,12 +439,15 @@ class TransferWorker:
         except Exception as exc:  # noqa: BLE001
             log.exception("transfer %s: unexpected error", c.file_id)
             outcome = Outcome(c.file_id, c.attempt, F.FAILED, reason=f"internal error: {exc}", recoverable=True)
+        outcome.job_id = c.job_id
         if not (outcome.state == F.CANCELED and self.stop_event.is_set()):
             self._results.put(outcome)  # else: interrupted because this worker stops, released by `stop`
             self._results_waiting.set()
         with self._lock:
             self._copies -= 1
-        self._wake.set()
+            due = self._claim_due(self._copies)
+        if due:  # waking the scheduler for a claim it would not make costs a thread switch per copy
+            self._wake.set()
 
     # reporter
     def _report_loop(self) -> None:

@@ -360,6 +360,9 @@ class Outcome:
     start: datetime | None = None
     finish: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    """The file's job, when the reporter knows it (a worker does, from its claim): a FINISHED result then
+    needs no read of the file before its update."""
 
 
 class TransferService:
@@ -831,16 +834,24 @@ class TransferService:
         applied: dict[int, str] = {}
         f = db.files
         jobs_touched: set[str] = set()
+        # The common case, FINISHED from a worker that says which job the file is of, needs no read first:
+        # the guarded executemany checks attempt, holder and state itself. (A result repeated for the same
+        # attempt changes nothing either way, but is then reported FINISHED rather than stale.)
+        direct = [o for o in outcomes if o.job_id is not None and FileState(o.state) == F.FINISHED]
+        if direct:
+            applied.update(self._report_finished(conn, direct, worker))
+            jobs_touched.update(o.job_id for o in direct if applied[o.file_id] != "stale")  # type: ignore[misc]
+        rest = [o for o in outcomes if o.file_id not in applied]
         held: dict[int, Any] = {}
-        for chunk in _chunks([o.file_id for o in outcomes], 500):
+        for chunk in _chunks([o.file_id for o in rest], 500):
             for r in conn.execute(_statements().held, {"ids": chunk, "host": worker}):
                 held[r.file_id] = r
-        rows = {o.file_id: r for o in outcomes if (r := held.get(o.file_id)) is not None and r.attempt == o.attempt}
-        finished = [o for o in outcomes if o.file_id in rows and FileState(o.state) == F.FINISHED]
+        rows = {o.file_id: r for o in rest if (r := held.get(o.file_id)) is not None and r.attempt == o.attempt}
+        finished = [o for o in rest if o.file_id in rows and FileState(o.state) == F.FINISHED]
         if finished:
             applied.update(self._report_finished(conn, finished, worker))
             jobs_touched.update(rows[o.file_id].job_id for o in finished if applied[o.file_id] != "stale")
-        for o in outcomes:
+        for o in rest:
             if o.file_id in applied:
                 continue
             row = rows.get(o.file_id)
