@@ -178,6 +178,12 @@ def test_storage_client(se: BackgroundSE, se2: BackgroundSE, issuer: LocalIssuer
             result = client.tpc(f"{se.url}/juno/c/f", f"{se2.url}/juno/copy/{mode}", mode=mode)
             assert result.adler32 == ADLER
             assert (se2.config.root / f"juno/copy/{mode}").read_bytes() == PAYLOAD
+        asked: list[str] = []
+        real_checksum = client.checksum
+        client.checksum = lambda url, algorithm="adler32": asked.append(url) or real_checksum(url, algorithm)  # type: ignore[method-assign]
+        assert client.tpc(f"{se.url}/juno/c/f", f"{se2.url}/juno/copy/again", mode="pull").adler32 == ADLER
+        assert asked == [f"{se.url}/juno/c/f"], "the destination named its checksum in the success line"
+        del client.checksum
         result = client.tpc(f"file://{local}", f"{se2.url}/juno/copy/fromfile", mode="stream")
         assert result.adler32 == ADLER
         with pytest.raises(TransferFailed, match="404"):

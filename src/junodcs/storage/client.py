@@ -286,6 +286,7 @@ class StorageClient:
             verify_checksum: bool = True, on_progress: Callable[[int], None] | None = None) -> TPCResult:
         mode = CopyMode(mode)
         src_sum: str | None = None
+        stored: str | None = None
         if verify_checksum:
             src_sum = self.checksum(source)
         if mode is CopyMode.STREAM:
@@ -317,9 +318,11 @@ class StorageClient:
                 raise TransferFailed(f"{mode.value} copy {source} -> {destination}: {parser.message}",
                                      code="transfer-failed")
             size, markers, message = parser.transferred, parser.markers, parser.message
+            stored = parser.adler32 if mode is CopyMode.PULL else None
         dst_sum = None
         if verify_checksum:
-            dst_sum = self.checksum(destination)
+            # a junodcs destination names the stored file's adler32 in a pull's success line; others are asked
+            dst_sum = stored or self.checksum(destination)
             if dst_sum != src_sum:
                 raise ChecksumMismatch(f"{source} -> {destination}: source adler32 {src_sum}, "
                                        f"destination adler32 {dst_sum}")
