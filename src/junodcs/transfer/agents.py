@@ -24,7 +24,6 @@ Threads of one worker:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -132,6 +131,11 @@ class WorkerOptions:
     @property
     def capacity(self) -> int:
         return self.concurrency + (self.concurrency // 4 if self.prefetch is None else self.prefetch)
+
+    @property
+    def claim_batch(self) -> int:
+        """Free slots worth a claim: the prefetch's worth, or an eighth of the threads without prefetch."""
+        return max(1, (self.capacity - self.concurrency) or self.concurrency // 8)
 
     @classmethod
     def from_env(cls) -> WorkerOptions:
@@ -414,11 +418,7 @@ class TransferWorker:
     def _claim_due(self, busy: int) -> bool:
         """Whether enough slots are free for a claim (a batch), or the worker is idle."""
         free = self.options.capacity - busy
-        return free >= self._batch or (free > 0 and busy == 0)
-
-    @functools.cached_property
-    def _batch(self) -> int:
-        return max(1, (self.options.capacity - self.options.concurrency) or self.options.concurrency // 8)
+        return free >= self.options.claim_batch or (free > 0 and busy == 0)
 
     def _mode(self, c: Claimed) -> str:
         if c.mode:

@@ -650,9 +650,8 @@ class TransferService:
         rng = rng or random.Random()
         t = now()
         f = db.files
-        due = sa.and_(f.c.file_state == str(F.SUBMITTED), sa.or_(f.c.next_attempt.is_(None), f.c.next_attempt <= t))
         with self.engine.begin() as conn:
-            queues = self._queue_shape(conn, due)
+            queues = self._queue_shape(conn, t)
             if not queues:
                 return []
             active_rows = conn.execute(_statements().active_per_link).all()
@@ -739,7 +738,7 @@ class TransferService:
     SHAPE_TTL = 0.5
     """Seconds a claim may reuse the queue's shape read by an earlier one."""
 
-    def _queue_shape(self, conn: sa.Connection, due: sa.ColumnElement[bool]) -> list[Any]:
+    def _queue_shape(self, conn: sa.Connection, t: datetime) -> list[Any]:
         """(source, destination, VO, activity, count) of the files due now.
 
         This read passes over every queued file, which at high rates costs more than the rest of the claim;
@@ -749,9 +748,7 @@ class TransferService:
         cached = self._shape
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        f = db.files
-        queues = list(conn.execute(sa.select(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity, sa.func.count())
-                                   .where(due).group_by(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity)))
+        queues = list(conn.execute(_statements().queue_shape, {"t": t}))
         self._shape = (time.monotonic() + self.SHAPE_TTL, queues) if queues else None
         return queues
 
@@ -834,24 +831,20 @@ class TransferService:
         applied: dict[int, str] = {}
         f = db.files
         jobs_touched: set[str] = set()
-        # The common case, FINISHED from a worker that says which job the file is of, needs no read first:
-        # the guarded executemany checks attempt, holder and state itself. (A result repeated for the same
-        # attempt changes nothing either way, but is then reported FINISHED rather than stale.)
-        direct = [o for o in outcomes if o.job_id is not None and FileState(o.state) == F.FINISHED]
-        if direct:
-            applied.update(self._report_finished(conn, direct, worker))
-            jobs_touched.update(o.job_id for o in direct if applied[o.file_id] != "stale")  # type: ignore[misc]
-        rest = [o for o in outcomes if o.file_id not in applied]
+        # FINISHED from a worker that says which job the file is of needs no read first: the guarded
+        # executemany checks attempt, holder and state itself. (A result repeated for the same attempt then
+        # changes nothing either, but is reported FINISHED rather than stale.) Everything else is read first.
+        unread = [o for o in outcomes if o.job_id is None or FileState(o.state) != F.FINISHED]
         held: dict[int, Any] = {}
-        for chunk in _chunks([o.file_id for o in rest], 500):
+        for chunk in _chunks([o.file_id for o in unread], 500):
             for r in conn.execute(_statements().held, {"ids": chunk, "host": worker}):
                 held[r.file_id] = r
-        rows = {o.file_id: r for o in rest if (r := held.get(o.file_id)) is not None and r.attempt == o.attempt}
-        finished = [o for o in rest if o.file_id in rows and FileState(o.state) == F.FINISHED]
+        rows = {o.file_id: r for o in unread if (r := held.get(o.file_id)) is not None and r.attempt == o.attempt}
+        finished = [o for o in outcomes if FileState(o.state) == F.FINISHED and (o.job_id or o.file_id in rows)]
         if finished:
             applied.update(self._report_finished(conn, finished, worker))
-            jobs_touched.update(rows[o.file_id].job_id for o in finished if applied[o.file_id] != "stale")
-        for o in rest:
+            jobs_touched.update(o.job_id or rows[o.file_id].job_id for o in finished if applied[o.file_id] != "stale")
+        for o in outcomes:
             if o.file_id in applied:
                 continue
             row = rows.get(o.file_id)
@@ -1339,9 +1332,11 @@ class _HotStatements:
                                 .where(f.c.file_state.in_([str(F.READY), str(F.ACTIVE)]))
                                 .group_by(f.c.source_se, f.c.dest_se))
         t = sa.bindparam("t", type_=sa.DateTime)
+        due = sa.and_(f.c.file_state == str(F.SUBMITTED), sa.or_(f.c.next_attempt.is_(None), f.c.next_attempt <= t))
+        self.queue_shape = (sa.select(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity, sa.func.count())
+                            .where(due).group_by(f.c.source_se, f.c.dest_se, f.c.vo_name, f.c.activity))
         self.pick = (sa.select(f.c.file_id)
-                     .where(f.c.file_state == str(F.SUBMITTED), sa.or_(f.c.next_attempt.is_(None), f.c.next_attempt <= t),
-                            f.c.source_se == sa.bindparam("src"), f.c.dest_se == sa.bindparam("dst"),
+                     .where(due, f.c.source_se == sa.bindparam("src"), f.c.dest_se == sa.bindparam("dst"),
                             f.c.vo_name == sa.bindparam("vo"), f.c.activity == sa.bindparam("act"))
                      .order_by(f.c.priority.desc(), f.c.file_id).limit(sa.bindparam("n", type_=sa.Integer)))
         self.pick_skip_locked = self.pick.with_for_update(skip_locked=True)
